@@ -1,0 +1,1 @@
+"""Quantization engine: pure primitives, quantized layers, calibration and the fine-tuning loop."""
