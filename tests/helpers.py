@@ -1,0 +1,89 @@
+"""Shared test helpers: build tiny ONNX models and compare onnxruntime with torch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+def shared_path(*parts: str) -> Path:
+    """A path under ../shared; the caller skips when it does not exist."""
+    return SHARED.joinpath(*parts)
+
+
+def one_node_model(
+    op: str,
+    inputs: dict[str, tuple[int, ...]],
+    output_shape: tuple[int, ...] | None,
+    *,
+    opset: int,
+    initializers: dict[str, np.ndarray] | None = None,
+    attrs: dict | None = None,
+    node_inputs: list[str] | None = None,
+) -> onnx.ModelProto:
+    """A model with one node ``op`` reading float inputs (and constant initializers)."""
+    initializers = initializers or {}
+    node = helper.make_node(
+        op, node_inputs or [*inputs, *initializers], ["y"], name=f"{op.lower()}_node", **(attrs or {})
+    )
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs.items()],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, output_shape)],
+        [numpy_helper.from_array(v, n) for n, v in initializers.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8 if opset < 19 else 9 if opset < 21 else 10
+    if output_shape is None:  # let ONNX infer the output's type and shape
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+        y = [v for v in inferred.graph.value_info if v.name == "y"] or list(inferred.graph.output)
+        model.graph.output[0].CopyFrom(y[0])
+    onnx.checker.check_model(model)
+    return model
+
+
+def assert_ort_matches_torch(model: onnx.ModelProto, *, seed: int = 0, atol: float = 1e-5) -> float:
+    """Convert with zerop_deploy and check every output against onnxruntime on random inputs."""
+    from zerop_deploy.load import check_parity, convert_model
+
+    module = convert_model(model)
+    parity = check_parity(model, module, seed=seed)
+    assert parity.max_abs_diff <= atol * max(1.0, parity.output_scale), parity
+    return parity.max_abs_diff
+
+
+def small_cnn(*, keep_bn: bool = True, opset: int = 17, seed: int = 0):
+    """A tiny conv net with BatchNorm, exported with the TorchScript exporter; returns ModelProto."""
+    import io
+
+    import torch
+    from torch import nn
+
+    torch.manual_seed(seed)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4),
+    )
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    net.eval()
+    buf = io.BytesIO()
+    kwargs = {}
+    if keep_bn:
+        kwargs = {"training": torch.onnx.TrainingMode.PRESERVE, "do_constant_folding": False}
+    torch.onnx.export(
+        net, (torch.rand(1, 3, 16, 16),), buf, input_names=["input"], output_names=["logits"],
+        dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}}, opset_version=opset, dynamo=False,
+        **kwargs,
+    )
+    return onnx.load_from_string(buf.getvalue())

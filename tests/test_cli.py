@@ -1,0 +1,84 @@
+"""The command line: JSON contract, human output, exit codes and one-line errors."""
+
+import json
+import subprocess
+import sys
+
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from tests.test_load import custom_op_model
+from zerop_deploy.cli import main
+
+
+def run(*args):
+    result = CliRunner().invoke(main, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_inspect_json_is_one_document_on_stdout(tmp_path, cnn_bn):
+    p = tmp_path / "m.onnx"
+    onnx.save(cnn_bn, str(p))
+    code, out, _ = run("inspect", str(p), "--json")
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["batchnorm_nodes"] == 2 and doc["conversion"]["ok"] is True
+
+
+def test_inspect_table(tmp_path, cnn_folded):
+    p = tmp_path / "f.onnx"
+    onnx.save(cnn_folded, str(p))
+    code, out, _ = run("inspect", str(p))
+    assert code == 0 and "(BN folded)" in out and "PyTorch conversion  ok" in out
+
+
+def test_unconvertible_model_reports_json_and_exits_2(tmp_path):
+    p = tmp_path / "c.onnx"
+    onnx.save(custom_op_model(), str(p))
+    code, out, err = run("inspect", str(p), "--json")
+    assert code == 2
+    doc = json.loads(out)
+    assert doc["conversion"]["ok"] is False and "Frobnicate" in doc["conversion"]["error"]
+    assert err.count("\n") == 1 and "frob_1" in err
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["inspect", "/nonexistent/m.onnx"], "/nonexistent/m.onnx"),
+    (["inspect"], "Missing argument"),
+    (["inspect", "x.onnx", "--bogus"], "--bogus"),
+    (["frobnicate"], "frobnicate"),
+])
+def test_bad_usage_is_one_line_exit_2(args, needle):
+    code, out, err = run(*args)
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and needle in err and "Traceback" not in err
+
+
+def test_directory_and_random_bytes_in_a_real_process(tmp_path):
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\x08\x07garbage" * 50)
+    before = sorted(tmp_path.iterdir())
+    for target in (tmp_path, junk):
+        proc = subprocess.run(
+            [sys.executable, "-m", "zerop_deploy", "inspect", str(target)],
+            capture_output=True, text=True, timeout=120,
+        )
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.count("\n") == 1 and str(target) in proc.stderr
+        assert "Traceback" not in proc.stderr and proc.stdout == ""
+    assert sorted(tmp_path.iterdir()) == before  # nothing written
+
+
+def test_demo_writes_and_inspects_both_exports(tmp_path):
+    code, out, err = run("demo", "--out-dir", str(tmp_path / "demo"))
+    assert code == 0, err
+    assert (tmp_path / "demo" / "demo_cnn.onnx").is_file()
+    assert (tmp_path / "demo" / "demo_cnn_folded.onnx").is_file()
+    assert "BatchNormalization  6" in out and "(BN folded)" in out
+    assert out.count("PyTorch conversion  ok") == 2
+
+
+def test_version():
+    code, out, _ = run("--version")
+    assert code == 0 and "zerop-deploy" in out

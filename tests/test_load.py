@@ -1,0 +1,140 @@
+"""Reading, converting and checking models, and refusing bad files with one clear error."""
+
+import os
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from tests.helpers import one_node_model, shared_path
+from zerop_deploy.errors import InputError, UnsupportedModelError
+from zerop_deploy.load import load_model, read_model
+
+
+def _save(model, path):
+    onnx.save(model, str(path))
+    return path
+
+
+def _write(path, data):
+    path.write_bytes(data)
+    return path
+
+
+def test_load_small_cnn_converts_with_parity(tmp_path, cnn_bn):
+    loaded = load_model(_save(cnn_bn, tmp_path / "m.onnx"))
+    assert loaded.parity is not None and loaded.parity.max_abs_diff < 1e-5
+    assert loaded.parity.input_shapes == {"input": (2, 3, 16, 16)}
+    assert any("BatchNorm" in type(m).__name__ for m in loaded.module.modules())
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda d: d / "missing.onnx", "no such file"),
+        (lambda d: d, "is a directory"),
+        (lambda d: _write(d / "e.onnx", b""), "empty"),
+        (lambda d: _write(d / "r.onnx", np.random.default_rng(0).bytes(4096)), "ONNX"),
+    ],
+    ids=["missing", "directory", "empty", "random-bytes"],
+)
+def test_bad_files_are_refused_with_the_path(tmp_path, make, match):
+    path = make(tmp_path)
+    with pytest.raises(InputError, match=match) as err:
+        read_model(path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_truncated_model_is_refused(tmp_path, cnn_bn):
+    data = cnn_bn.SerializeToString()
+    p = tmp_path / "t.onnx"
+    p.write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match="t.onnx"):
+        read_model(p)
+
+
+def _with_external_data(tmp_path, location):
+    w = np.arange(64, dtype=np.float32).reshape(8, 8)
+    model = one_node_model("MatMul", {"x": (2, 8)}, (2, 8), opset=17, initializers={"w": w})
+    tensor = model.graph.initializer[0]
+    tensor.ClearField("raw_data")
+    tensor.data_location = TensorProto.EXTERNAL
+    for k, v in (("location", location), ("offset", "0"), ("length", str(w.nbytes))):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = k, v
+    path = tmp_path / "model" / "ext.onnx"
+    path.parent.mkdir(exist_ok=True)
+    onnx.save(model, str(path))
+    return path, w.tobytes()
+
+
+def test_external_data_next_to_the_model_loads(tmp_path):
+    path, data = _with_external_data(tmp_path, "weights.bin")
+    (path.parent / "weights.bin").write_bytes(data)
+    loaded = load_model(path)
+    assert numpy_helper.to_array(loaded.proto.graph.initializer[0])[1, 0] == 8.0
+
+
+@pytest.mark.parametrize("location", ["../outside.bin", "/etc/passwd", "link.bin"])
+def test_external_data_outside_the_folder_is_refused(tmp_path, location):
+    path, data = _with_external_data(tmp_path, location)
+    (tmp_path / "outside.bin").write_bytes(data)
+    os.symlink(tmp_path / "outside.bin", path.parent / "link.bin")
+    with pytest.raises(InputError, match="path traversal"):
+        read_model(path)
+
+
+def test_external_data_missing_or_short(tmp_path):
+    path, data = _with_external_data(tmp_path, "weights.bin")
+    with pytest.raises(InputError, match="missing"):
+        read_model(path)
+    (path.parent / "weights.bin").write_bytes(data[:10])
+    with pytest.raises(InputError, match="too short"):
+        read_model(path)
+
+
+def test_model_without_inputs_is_refused(tmp_path):
+    node = helper.make_node("Constant", [], ["y"], value=numpy_helper.from_array(np.ones(3, np.float32)))
+    graph = helper.make_graph([node], "g", [], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3])])
+    p = _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "n.onnx")
+    with pytest.raises(InputError, match="no inputs"):
+        read_model(p)
+
+
+def custom_op_model():
+    node = helper.make_node("Frobnicate", ["x"], ["y"], name="frob_1", domain="com.example")
+    graph = helper.make_graph(
+        [node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
+    )
+    return helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)]
+    )
+
+
+def test_op_nobody_can_convert_names_node_op_and_opset(tmp_path):
+    p = _save(custom_op_model(), tmp_path / "c.onnx")
+    with pytest.raises(UnsupportedModelError) as err:
+        load_model(p)
+    msg = str(err.value)
+    assert "frob_1" in msg and "Frobnicate" in msg and "com.example" in msg and "opset 1" in msg
+
+
+def test_dynamic_spatial_dims_are_refused_with_the_input_name(tmp_path):
+    model = one_node_model("Relu", {"x": ("N", 3, "H", 8)}, None, opset=17)
+    with pytest.raises(UnsupportedModelError, match="'x' dimension 2 is dynamic"):
+        load_model(_save(model, tmp_path / "d.onnx"))
+
+
+@pytest.mark.shared
+@pytest.mark.parametrize(
+    "name", ["resnet20_cifar10", "resnet20_cifar10_folded", "shufflenetv2_x0_5_cifar10",
+             "shufflenetv2_x0_5_cifar10_folded"],
+)
+def test_shared_models_convert_within_1e4(name):
+    path = shared_path("models", f"{name}.onnx")
+    if not path.exists():
+        pytest.skip(f"{path} not found (../shared is not beside this checkout)")
+    loaded = load_model(path)
+    assert loaded.parity.max_abs_diff < 1e-4

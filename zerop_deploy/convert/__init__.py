@@ -1,0 +1,7 @@
+"""Converters that onnx2torch lacks, registered through its own ``add_converter``.
+
+One file per op, named ``convert_<op>``; importing this package registers them all. Each converter has a
+test in ``tests/test_convert.py`` that builds a one-node model and compares onnxruntime with PyTorch.
+"""
+
+from zerop_deploy.convert import convert_reducemax, convert_reducemean, convert_reducemin  # noqa: F401

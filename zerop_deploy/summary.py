@@ -1,0 +1,171 @@
+"""What ``zerop-deploy inspect`` reports about a model: a pure description of the ONNX graph.
+
+:func:`summarize` builds the JSON document of DESIGN.md ("inspect --json"); :func:`format_summary` renders
+it as the human table. Nothing here converts or runs the model except :func:`inspect_model`, which adds
+the result of the PyTorch conversion and its onnxruntime parity check.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from zerop_deploy.errors import ZeropError
+from zerop_deploy.load import PARITY_TOLERANCE, check_parity, convert_model, graph_inputs, read_model
+
+QUANTIZABLE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+"""Ops whose constant weight the quantizer replaces by integers."""
+
+_FLOAT_TYPES = {
+    onnx.TensorProto.FLOAT,
+    onnx.TensorProto.DOUBLE,
+    onnx.TensorProto.FLOAT16,
+    onnx.TensorProto.BFLOAT16,
+}
+
+
+def constant_tensors(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
+    """Values of the graph that are constants: initializers and outputs of Constant nodes."""
+    consts: dict[str, onnx.TensorProto] = {t.name: t for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output:
+            for attr in node.attribute:
+                if attr.name == "value" and attr.HasField("t"):
+                    consts[node.output[0]] = attr.t
+    return consts
+
+
+def _value_info_dict(v: onnx.ValueInfoProto) -> dict[str, Any]:
+    t = v.type.tensor_type
+    shape: list[int | str] = []
+    for d in t.shape.dim:
+        shape.append(int(d.dim_value) if d.HasField("dim_value") else (d.dim_param or "?"))
+    dtype = onnx.TensorProto.DataType.Name(t.elem_type).lower() if t.elem_type else "unknown"
+    return {"name": v.name, "shape": shape, "dtype": dtype}
+
+
+def quantizable_layers(proto: onnx.ModelProto) -> list[dict[str, Any]]:
+    """Conv, ConvTranspose, Gemm and MatMul nodes whose weight (input 1) is a constant."""
+    consts = constant_tensors(proto.graph)
+    layers = []
+    for node in proto.graph.node:
+        if node.op_type in QUANTIZABLE_OPS and len(node.input) > 1 and node.input[1] in consts:
+            weight = consts[node.input[1]]
+            layers.append(
+                {"node": node.name, "op": node.op_type, "weight_shape": [int(d) for d in weight.dims]}
+            )
+    return layers
+
+
+def parameter_count(proto: onnx.ModelProto) -> int:
+    """Number of floating-point constant elements (weights, biases, BN statistics)."""
+    return sum(
+        int(np.prod(t.dims, dtype=np.int64))
+        for t in constant_tensors(proto.graph).values()
+        if t.data_type in _FLOAT_TYPES
+    )
+
+
+def bn_looks_folded(proto: onnx.ModelProto) -> bool:
+    """True when there is no BatchNormalization anywhere and some Conv carries a bias."""
+    ops = [n.op_type for n in proto.graph.node]
+    has_conv_bias = any(
+        n.op_type == "Conv" and len(n.input) > 2 and n.input[2] for n in proto.graph.node
+    )
+    return "BatchNormalization" not in ops and has_conv_bias
+
+
+def summarize(proto: onnx.ModelProto, path: str | os.PathLike[str] = "") -> dict[str, Any]:
+    """The graph part of the inspect document (everything but ``conversion``)."""
+    counts = Counter(n.op_type for n in proto.graph.node)
+    default_opset = [imp.version for imp in proto.opset_import if imp.domain in ("", "ai.onnx")]
+    return {
+        "path": str(path),
+        "opset": int(default_opset[0]) if default_opset else None,
+        "ir_version": int(proto.ir_version),
+        "inputs": [_value_info_dict(v) for v in graph_inputs(proto)],
+        "outputs": [_value_info_dict(v) for v in proto.graph.output],
+        "nodes": len(proto.graph.node),
+        "op_counts": dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "batchnorm_nodes": counts.get("BatchNormalization", 0),
+        "bn_folded": bn_looks_folded(proto),
+        "quantizable": quantizable_layers(proto),
+        "parameters": parameter_count(proto),
+    }
+
+
+def inspect_model(path: str | os.PathLike[str], *, seed: int = 0) -> dict[str, Any]:
+    """Read a model, describe it, convert it to PyTorch and check the conversion.
+
+    Args:
+        path: The ``.onnx`` file.
+        seed: Seed of the random batch used for the parity check.
+
+    Returns:
+        The inspect document of DESIGN.md. A failed conversion is reported in ``conversion`` (with
+        ``ok`` false and the one-line error), not raised.
+
+    Raises:
+        InputError: The file cannot be read at all (missing, corrupt, unsafe external data...).
+    """
+    p = Path(path)
+    proto = read_model(p)
+    doc = summarize(proto, p)
+    conversion: dict[str, Any] = {"ok": False, "max_abs_diff": None, "error": None}
+    try:
+        module = convert_model(proto, source=str(p))
+        parity = check_parity(proto, module, model_path=p, seed=seed)
+        conversion["max_abs_diff"] = parity.max_abs_diff
+        if parity.relative_diff > PARITY_TOLERANCE:
+            conversion["error"] = (
+                f"PyTorch differs from onnxruntime by {parity.max_abs_diff:.3g} "
+                f"(output scale {parity.output_scale:.3g})"
+            )
+        else:
+            conversion["ok"] = True
+    except ZeropError as e:
+        conversion["error"] = str(e)
+    doc["conversion"] = conversion
+    return doc
+
+
+def format_summary(doc: dict[str, Any]) -> str:
+    """Render an inspect document as a readable table."""
+
+    def shape(v: dict[str, Any]) -> str:
+        return f"{v['name']} {v['dtype']}[{', '.join(str(d) for d in v['shape'])}]"
+
+    conv = doc.get("conversion") or {}
+    if conv.get("ok"):
+        conv_text = f"ok (max |torch - onnxruntime| = {conv['max_abs_diff']:.2e})"
+    else:
+        conv_text = f"FAILED: {conv.get('error')}"
+    rows = [
+        ("model", doc["path"]),
+        ("opset / IR", f"{doc['opset']} / {doc['ir_version']}"),
+        ("inputs", "; ".join(shape(v) for v in doc["inputs"])),
+        ("outputs", "; ".join(shape(v) for v in doc["outputs"])),
+        ("nodes", str(doc["nodes"])),
+        ("parameters", f"{doc['parameters']:,}"),
+        ("BatchNormalization", f"{doc['batchnorm_nodes']}" + (" (BN folded)" if doc["bn_folded"] else "")),
+        ("quantizable layers", str(len(doc["quantizable"]))),
+        ("PyTorch conversion", conv_text),
+    ]
+    width = max(len(k) for k, _ in rows)
+    lines = [f"{k.ljust(width)}  {v}" for k, v in rows]
+    lines.append("")
+    lines.append("op counts: " + ", ".join(f"{op} {n}" for op, n in doc["op_counts"].items()))
+    if doc["quantizable"]:
+        lines.append("")
+        name_w = max(len(q["node"]) for q in doc["quantizable"])
+        lines.append(f"{'layer'.ljust(name_w)}  {'op':<13} weight shape")
+        for q in doc["quantizable"]:
+            dims = "x".join(str(d) for d in q["weight_shape"])
+            lines.append(f"{q['node'].ljust(name_w)}  {q['op']:<13} {dims}")
+    return "\n".join(lines)
+
