@@ -1,0 +1,107 @@
+// zerop_deploy._kernels: thin pybind11 bindings over kernels/core. The Python side
+// (zerop_deploy/kernels.py) validates shapes, dtypes and contiguity; these functions only check
+// what would otherwise read out of bounds, and release the GIL while the kernels run.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <stdexcept>
+#include <string>
+
+#include "int4_kernels.h"
+
+namespace py = pybind11;
+
+namespace {
+
+using F32 = py::array_t<float, py::array::c_style>;
+using U8 = py::array_t<uint8_t, py::array::c_style>;
+
+zerop::Impl impl_from(const std::string& name) {
+  if (name == "auto") return zerop::Impl::kAuto;
+  if (name == "scalar") return zerop::Impl::kScalar;
+  if (name == "avx2") return zerop::Impl::kAvx2;
+  throw std::invalid_argument("impl must be 'auto', 'scalar' or 'avx2', got '" + name + "'");
+}
+
+const float* opt_ptr(const py::object& a) {
+  return a.is_none() ? nullptr : a.cast<F32>().data();
+}
+
+void matmul_f32(F32 x, U8 packed, F32 scales, py::object bias, int64_t group_size, F32 y,
+                int threads, const std::string& impl) {
+  const zerop::Impl im = impl_from(impl);
+  const float* b = opt_ptr(bias);
+  const int64_t m = x.shape(0), k = x.shape(1), n = packed.shape(0);
+  const float *xp = x.data(), *sp = scales.data();
+  const uint8_t* wp = packed.data();
+  float* yp = y.mutable_data();
+  py::gil_scoped_release release;
+  zerop::matmul_int4_f32(xp, m, k, wp, n, sp, group_size, b, yp, threads, im);
+}
+
+void matmul_q8(py::array xq, bool is_unsigned, float x_scale, int32_t zero_point, U8 packed,
+               F32 scales, py::object bias, int64_t group_size, F32 y, int threads,
+               const std::string& impl) {
+  const zerop::Impl im = impl_from(impl);
+  const float* b = opt_ptr(bias);
+  const int64_t m = xq.shape(0), k = xq.shape(1), n = packed.shape(0);
+  const void* xp = xq.data();
+  const float* sp = scales.data();
+  const uint8_t* wp = packed.data();
+  float* yp = y.mutable_data();
+  py::gil_scoped_release release;
+  zerop::matmul_int4_q8(xp, is_unsigned, x_scale, zero_point, m, k, wp, n, sp, group_size, b, yp,
+                        threads, im);
+}
+
+zerop::ConvShape conv_shape(const py::tuple& t) {
+  if (t.size() != 16) throw std::invalid_argument("conv shape tuple needs 16 integers");
+  int64_t v[16];
+  for (size_t i = 0; i < 16; ++i) v[i] = t[i].cast<int64_t>();
+  return {v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], v[10], v[11], v[12], v[13], v[14], v[15]};
+}
+
+void conv_f32(F32 x, py::tuple shape, U8 packed, F32 scales, py::object bias, F32 y, int threads,
+              const std::string& impl) {
+  const zerop::Impl im = impl_from(impl);
+  const zerop::ConvShape s = conv_shape(shape);
+  const float* b = opt_ptr(bias);
+  const float *xp = x.data(), *sp = scales.data();
+  const uint8_t* wp = packed.data();
+  float* yp = y.mutable_data();
+  py::gil_scoped_release release;
+  zerop::conv2d_int4_f32(xp, s, wp, sp, b, yp, threads, im);
+}
+
+void conv_q8(py::array xq, bool is_unsigned, float x_scale, int32_t zero_point, py::tuple shape,
+             U8 packed, F32 scales, py::object bias, F32 y, int threads, const std::string& impl) {
+  const zerop::Impl im = impl_from(impl);
+  const zerop::ConvShape s = conv_shape(shape);
+  const float* b = opt_ptr(bias);
+  const void* xp = xq.data();
+  const float* sp = scales.data();
+  const uint8_t* wp = packed.data();
+  float* yp = y.mutable_data();
+  py::gil_scoped_release release;
+  zerop::conv2d_int4_q8(xp, is_unsigned, x_scale, zero_point, s, wp, sp, b, yp, threads, im);
+}
+
+uint64_t read_probe(U8 buf, int threads) {
+  const uint8_t* p = buf.data();
+  const size_t n = static_cast<size_t>(buf.size());
+  py::gil_scoped_release release;
+  return zerop::read_probe(p, n, threads);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_kernels, m) {
+  m.doc() = "Native packed-int4 kernels (see zerop_deploy.kernels for the documented API).";
+  m.def("cpu_has_avx2", &zerop::cpu_has_avx2);
+  m.def("resolve_threads", &zerop::resolve_threads);
+  m.def("matmul_f32", &matmul_f32);
+  m.def("matmul_q8", &matmul_q8);
+  m.def("conv_f32", &conv_f32);
+  m.def("conv_q8", &conv_q8);
+  m.def("read_probe", &read_probe);
+}

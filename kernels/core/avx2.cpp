@@ -1,0 +1,175 @@
+// AVX2 implementation of the integer inner loops. Only these functions carry the avx2/fma target
+// attribute, so the library still loads on CPUs without AVX2 (the dispatcher never calls them there).
+//
+// Inner product trick: weight nibbles are used offset by +8 (0..15, unsigned: an xor and a mask away
+// from the packed byte) as the unsigned operand of vpmaddubsw, activations (-128..127) as the signed one:
+//   sum a*w = sum a*(w+8) - 8*sum a,
+// and the 8*sum a term (`corr`) is computed once per row. A vpmaddubsw pair is at most
+// 2*15*128 = 3840 in magnitude and two of them are added in int16 (7680 < 32767): no saturation.
+#include <algorithm>
+
+#include "internal.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define ZEROP_AVX2 __attribute__((target("avx2,fma")))
+
+namespace zerop {
+
+bool cpu_has_avx2() {
+  static const bool ok = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }();
+  return ok;
+}
+
+namespace detail {
+namespace {
+
+ZEROP_AVX2 inline __m256i dot_chunk(__m256i lo, __m256i hi, __m256i ae, __m256i ao, __m256i ones) {
+  const __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, ae), _mm256_maddubs_epi16(hi, ao));
+  return _mm256_madd_epi16(p, ones);
+}
+
+// [sum over the low 128 bits of acc[j] for j=0..3 | the same for the high 128 bits].
+ZEROP_AVX2 inline __m256i reduce4(const __m256i* acc) {
+  return _mm256_hadd_epi32(_mm256_hadd_epi32(acc[0], acc[1]), _mm256_hadd_epi32(acc[2], acc[3]));
+}
+
+template <int R>
+ZEROP_AVX2 void block_rows(const int8_t* a, int64_t lda, const uint8_t* w, int64_t ldw, int64_t kc,
+                           const GroupMode& gm, const int32_t* corr, int64_t ldcorr, int32_t* out,
+                           int64_t ldout) {
+  const __m256i m0f = _mm256_set1_epi8(0x0F);
+  const __m256i m88 = _mm256_set1_epi8(static_cast<char>(0x88));
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256i acc[R][kNr];
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < kNr; ++j) acc[r][j] = _mm256_setzero_si256();
+  const int64_t gc = gm.group_chunks;
+  int64_t g = 0;
+  for (int64_t c = 0; c < kc; ++c) {
+    __m256i ae[R], ao[R];
+    for (int r = 0; r < R; ++r) {
+      ae[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + r * lda + c * kChunk));
+      ao[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + r * lda + c * kChunk + 32));
+    }
+    for (int j = 0; j < kNr; ++j) {
+      // nibble ^ 8 turns a two's-complement int4 w into w + 8 (0..15), in both nibbles at once
+      const __m256i v = _mm256_xor_si256(
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + j * ldw + c * kChunkBytes)), m88);
+      const __m256i lo = _mm256_and_si256(v, m0f);
+      const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m0f);
+      for (int r = 0; r < R; ++r)
+        acc[r][j] = _mm256_add_epi32(acc[r][j], dot_chunk(lo, hi, ae[r], ao[r], ones));
+    }
+    if (gc == 0) {  // groups of 32: the two 128-bit halves are groups 2c and 2c+1
+      for (int r = 0; r < R; ++r) {
+        const int32_t* cr = corr + r * ldcorr;
+        const int32_t c0 = cr[2 * c];
+        const int32_t c1 = 2 * c + 1 < gm.groups ? cr[2 * c + 1] : 0;
+        __m256i s = _mm256_sub_epi32(reduce4(acc[r]), _mm256_setr_epi32(c0, c0, c0, c0, c1, c1, c1, c1));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + r * ldout + 2 * c * kNr), s);
+        for (int j = 0; j < kNr; ++j) acc[r][j] = _mm256_setzero_si256();
+      }
+    } else if ((c + 1) % gc == 0 || c + 1 == kc) {
+      for (int r = 0; r < R; ++r) {
+        const __m256i s = reduce4(acc[r]);
+        __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+        s4 = _mm_sub_epi32(s4, _mm_set1_epi32(corr[r * ldcorr + g]));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(out + r * ldout + g * kNr), s4);
+        for (int j = 0; j < kNr; ++j) acc[r][j] = _mm256_setzero_si256();
+      }
+      ++g;
+    }
+  }
+}
+
+// Sums of 8-byte runs of int8 values, as 4 int64 lanes (bytes biased to unsigned and corrected).
+ZEROP_AVX2 inline __m256i sad_sum(__m256i v) {
+  return _mm256_sad_epu8(_mm256_xor_si256(v, _mm256_set1_epi8(static_cast<char>(0x80))),
+                         _mm256_setzero_si256());
+}
+
+}  // namespace
+
+ZEROP_AVX2 void block_avx2(int rows, const int8_t* a, int64_t lda, const uint8_t* w, int64_t ldw,
+                           int64_t kc, const GroupMode& gm, const int32_t* corr, int64_t ldcorr,
+                           int32_t* out, int64_t ldout) {
+  if (rows == 2) {
+    block_rows<2>(a, lda, w, ldw, kc, gm, corr, ldcorr, out, ldout);
+  } else {
+    block_rows<1>(a, lda, w, ldw, kc, gm, corr, ldcorr, out, ldout);
+  }
+}
+
+ZEROP_AVX2 void group_sums_avx2(const int8_t* a, int64_t kc, const GroupMode& gm, int32_t* corr) {
+  std::fill(corr, corr + gm.groups, 0);
+  for (int64_t c = 0; c < kc; ++c) {
+    const __m256i v0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + c * kChunk));
+    const __m256i v1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + c * kChunk + 32));
+    const __m256i t = _mm256_add_epi64(sad_sum(v0), sad_sum(v1));
+    const int64_t lo = _mm256_extract_epi64(t, 0) + _mm256_extract_epi64(t, 1) - 128 * 32;
+    const int64_t hi = _mm256_extract_epi64(t, 2) + _mm256_extract_epi64(t, 3) - 128 * 32;
+    if (gm.group_chunks == 0) {
+      corr[2 * c] += static_cast<int32_t>(8 * lo);
+      if (2 * c + 1 < gm.groups) corr[2 * c + 1] += static_cast<int32_t>(8 * hi);
+    } else {
+      corr[c / gm.group_chunks] += static_cast<int32_t>(8 * (lo + hi));
+    }
+  }
+}
+
+ZEROP_AVX2 void quantize_avx2(const float* x, int64_t n, float s, int8_t* q) {
+  const __m256 vs = _mm256_set1_ps(s);
+  const __m256 lo = _mm256_set1_ps(-127.0f), hi = _mm256_set1_ps(127.0f);
+  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    __m256i v[4];
+    for (int u = 0; u < 4; ++u) {
+      __m256 f = _mm256_div_ps(_mm256_loadu_ps(x + i + 8 * u), vs);
+      f = _mm256_round_ps(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      v[u] = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(f, lo), hi));
+    }
+    const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(v[0], v[1]), _mm256_packs_epi32(v[2], v[3]));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + i), _mm256_permutevar8x32_epi32(p, order));
+  }
+  quantize_scalar(x + i, n - i, s, q + i);
+}
+
+ZEROP_AVX2 float absmax_avx2(const float* x, int64_t n) {
+  const __m256 mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+  __m256 m = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) m = _mm256_max_ps(m, _mm256_and_ps(_mm256_loadu_ps(x + i), mask));
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, m);
+  float r = absmax_scalar(x + i, n - i);
+  for (float v : lanes) r = std::max(r, v);
+  return r;
+}
+
+}  // namespace detail
+}  // namespace zerop
+
+#else  // not x86: the "AVX2" entry points fall back to the scalar code
+
+namespace zerop {
+bool cpu_has_avx2() { return false; }
+namespace detail {
+void block_avx2(int rows, const int8_t* a, int64_t lda, const uint8_t* w, int64_t ldw, int64_t kc,
+                const GroupMode& gm, const int32_t* corr, int64_t ldcorr, int32_t* out,
+                int64_t ldout) {
+  block_scalar(rows, a, lda, w, ldw, kc, gm, corr, ldcorr, out, ldout);
+}
+void group_sums_avx2(const int8_t* a, int64_t kc, const GroupMode& gm, int32_t* corr) {
+  group_sums_scalar(a, kc, gm, corr);
+}
+void quantize_avx2(const float* x, int64_t n, float s, int8_t* q) { quantize_scalar(x, n, s, q); }
+float absmax_avx2(const float* x, int64_t n) { return absmax_scalar(x, n); }
+}  // namespace detail
+}  // namespace zerop
+
+#endif

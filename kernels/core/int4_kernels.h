@@ -1,0 +1,67 @@
+// Public C++ API of the packed-int4 kernels (plain C++17, raw pointers, no Python or torch).
+//
+// Integer formats follow DESIGN.md ("Integer formats", "Kernel API"):
+//   * weights: int4 values -8..7, two per byte, element 2i in the low nibble (ONNX INT4 packing),
+//     row n of `packed` holds output channel n and has ceil(K / 2) bytes;
+//   * scales: float32 [N] (group_size == 0) or [ceil(K / group_size), N];
+//   * fp32 activations are quantized per row to symmetric int8:
+//     s = max|x| / 127 (1 for an all-zero row), q = clip(rint(x / s), -127, 127);
+//   * y[m, n] = s_m * sum_g scales[g, n] * sum_{k in g} q[m, k] * w[n, k] + bias[n], the inner sums exact
+//     in int32, the float steps in the same order as quant/primitives.py:matmul_int4_reference.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace zerop {
+
+// Which implementation runs the integer inner loops. kAuto picks AVX2 when the CPU has AVX2 and FMA.
+enum class Impl : int { kAuto = 0, kScalar = 1, kAvx2 = 2 };
+
+// True when this CPU can run the AVX2 path (checked at run time, once).
+bool cpu_has_avx2();
+
+// The number of worker threads a call with `threads` uses (0 = all cores).
+int resolve_threads(int threads);
+
+// Y[M, N] = rowquant(X[M, K]) * W^T with int4 weights; y is float32 [M, N], bias may be null.
+// group_size: 0 (per output channel) or a power of two >= 32.
+void matmul_int4_f32(const float* x, int64_t m, int64_t k, const uint8_t* packed, int64_t n,
+                     const float* scales, int64_t group_size, const float* bias, float* y,
+                     int threads, Impl impl);
+
+// Same product for activations already quantized per tensor (as a QDQ graph defines them):
+// real value = (xq - zero_point) * x_scale, xq uint8 (is_unsigned) or int8, [M, K].
+void matmul_int4_q8(const void* xq, bool is_unsigned, float x_scale, int32_t zero_point, int64_t m,
+                    int64_t k, const uint8_t* packed, int64_t n, const float* scales,
+                    int64_t group_size, const float* bias, float* y, int threads, Impl impl);
+
+// A 2-D convolution, NCHW, with weights W[C_out, C_in / groups, kH, kW] flattened to
+// [C_out, (C_in / groups) * kH * kW] and packed like the matmul weights; per-channel scales [C_out].
+struct ConvShape {
+  int64_t batch, c_in, h, w;
+  int64_t c_out, kh, kw;
+  int64_t stride_h, stride_w;
+  int64_t pad_top, pad_left, pad_bottom, pad_right;
+  int64_t dil_h, dil_w;
+  int64_t groups;
+};
+
+int64_t conv_out_h(const ConvShape& s);
+int64_t conv_out_w(const ConvShape& s);
+
+// fp32 input: each image is quantized to symmetric int8 with s_b = max|x[b]| / 127 (1 if all zero).
+// y is float32 [batch, c_out, out_h, out_w].
+void conv2d_int4_f32(const float* x, const ConvShape& shape, const uint8_t* packed,
+                     const float* scales, const float* bias, float* y, int threads, Impl impl);
+
+// Pre-quantized input, real value = (xq - zero_point) * x_scale; padding holds the real value 0.
+void conv2d_int4_q8(const void* xq, bool is_unsigned, float x_scale, int32_t zero_point,
+                    const ConvShape& shape, const uint8_t* packed, const float* scales,
+                    const float* bias, float* y, int threads, Impl impl);
+
+// Reads `nbytes` of `buf` with `threads` threads and returns a checksum: a probe of the read bandwidth
+// the benchmarks compare against.
+uint64_t read_probe(const uint8_t* buf, size_t nbytes, int threads);
+
+}  // namespace zerop

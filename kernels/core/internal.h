@@ -1,0 +1,99 @@
+// Internal pieces shared by the drivers and the two implementations (scalar, AVX2).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+
+#include "int4_kernels.h"
+
+namespace zerop {
+namespace detail {
+
+constexpr int64_t kChunk = 64;      // K values per chunk: 32 packed bytes
+constexpr int64_t kChunkBytes = 32;
+constexpr int kNr = 4;              // output columns per weight block
+
+// Activations of a block of rows in "chunk layout": for chunk c and byte i (0..31) the value paired
+// with the low nibble of weight byte c*32+i sits at c*64+i, the one paired with the high nibble at
+// c*64+32+i. Padding is 0.
+struct GroupMode {
+  int64_t groups;        // G
+  int64_t group_chunks;  // chunks per group; 0 = groups of 32 (two per chunk, one per 16 bytes)
+};
+
+// The group of byte `i` (0..31) of chunk `c`.
+inline int64_t group_of(const GroupMode& gm, int64_t c, int64_t i) {
+  return gm.group_chunks == 0 ? 2 * c + (i >= 16 ? 1 : 0) : c / gm.group_chunks;
+}
+
+// Integer block product for up to 2 rows and kNr weight rows:
+//   out[r][g][j] = sum_{k in g} a[r][k] * w[j][k]   (exact, int32)
+// a: rows of kc*64 int8 (stride lda); w: kNr rows of kc*32 packed bytes (stride ldw);
+// corr[r][g] = 8 * sum_{k in g} a[r][k] (stride ldcorr; used by the AVX2 path only);
+// out: rows of (G + 1) * kNr int32 (stride ldout).
+using BlockFn = void (*)(int rows, const int8_t* a, int64_t lda, const uint8_t* w, int64_t ldw,
+                         int64_t kc, const GroupMode& gm, const int32_t* corr, int64_t ldcorr,
+                         int32_t* out, int64_t ldout);
+
+void block_scalar(int rows, const int8_t* a, int64_t lda, const uint8_t* w, int64_t ldw, int64_t kc,
+                  const GroupMode& gm, const int32_t* corr, int64_t ldcorr, int32_t* out,
+                  int64_t ldout);
+void block_avx2(int rows, const int8_t* a, int64_t lda, const uint8_t* w, int64_t ldw, int64_t kc,
+                const GroupMode& gm, const int32_t* corr, int64_t ldcorr, int32_t* out,
+                int64_t ldout);
+
+// corr[g] = 8 * sum of a row's values in each group (a row of kc*64 int8 in chunk layout).
+void group_sums_scalar(const int8_t* a, int64_t kc, const GroupMode& gm, int32_t* corr);
+void group_sums_avx2(const int8_t* a, int64_t kc, const GroupMode& gm, int32_t* corr);
+
+// Symmetric int8 quantization of n floats with scale s: q = clip(rint(x / s), -127, 127).
+void quantize_scalar(const float* x, int64_t n, float s, int8_t* q);
+void quantize_avx2(const float* x, int64_t n, float s, int8_t* q);
+float absmax_scalar(const float* x, int64_t n);
+float absmax_avx2(const float* x, int64_t n);
+
+struct Kernels {
+  BlockFn block;
+  void (*group_sums)(const int8_t*, int64_t, const GroupMode&, int32_t*);
+  void (*quantize)(const float*, int64_t, float, int8_t*);
+  float (*absmax)(const float*, int64_t);
+};
+const Kernels& kernels_for(Impl impl);
+
+// The activation scale rule: max|x| / 127, or 1 for an all-zero row.
+inline float row_scale(float amax) { return amax > 0.0f ? amax / 127.0f : 1.0f; }
+
+// Float epilogue of one row and kNr columns, in the reference's order:
+// y_j = sum_g float(S[g][j] - cw[g][j]) * scales[g][j]; y_j *= row_scale; y_j += bias_j.
+// S: (G) x kNr; cw: c * wsum, G x kNr or null; sc: G x kNr; bias: kNr or null.
+void epilogue(const int32_t* s, const int32_t* cw, const float* sc, int64_t groups, float rs,
+              const float* bias, float out[kNr]);
+
+// Runs fn(task) for task in [0, n_tasks) on `threads` threads (the caller is one of them).
+void parallel_for(int64_t n_tasks, int threads, const std::function<void(int64_t)>& fn);
+
+// Weights and epilogue constants of one matrix product; the activations come per block.
+struct WeightSpec {
+  const uint8_t* packed;   // rows of `row_bytes` bytes, stride `ldw`
+  int64_t ldw, row_bytes;
+  int64_t n, k, kc;
+  GroupMode gm;
+  const float* scales;     // [G, ld_scales]
+  int64_t ld_scales;
+  const float* bias;       // [n] or null
+  int32_t a_offset;        // c: real activation = a - c
+};
+
+// Computes a block of rows (already in chunk layout, with corr) against all columns [n0, n1) of ws
+// and writes y[r * y_row + n * y_col] for r < rows.
+// `ones`/`ones_corr`: a row holding 1 at every real k (chunk layout) and its group sums; used to
+// compute c * sum_k w when the activation offset c is not 0.
+void gemm_rows(const Kernels& kn, const WeightSpec& ws, int64_t rows, const int8_t* a, int64_t lda,
+               const int32_t* corr, const float* rs, int64_t n0, int64_t n1, float* y,
+               int64_t y_row, int64_t y_col, const int8_t* ones, const int32_t* ones_corr);
+
+// Groups of a K-long reduction: group_size 0 (one group), 32, or a multiple of 64.
+GroupMode group_mode(int64_t k, int64_t group_size);
+
+}  // namespace detail
+}  // namespace zerop

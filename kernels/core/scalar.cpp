@@ -1,0 +1,122 @@
+// Portable reference implementation of the integer inner loops, plus the shared float epilogue.
+// Every SIMD path is tested against these functions.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
+#include "internal.h"
+
+namespace zerop {
+namespace detail {
+
+namespace {
+inline int32_t low_nibble(uint8_t b) { return static_cast<int32_t>((b & 0x0F) ^ 0x08) - 8; }
+inline int32_t high_nibble(uint8_t b) { return static_cast<int32_t>((b >> 4) ^ 0x08) - 8; }
+}  // namespace
+
+void block_scalar(int rows, const int8_t* a, int64_t lda, const uint8_t* w, int64_t ldw, int64_t kc,
+                  const GroupMode& gm, const int32_t* /*corr*/, int64_t /*ldcorr*/, int32_t* out,
+                  int64_t ldout) {
+  for (int r = 0; r < rows; ++r) {
+    int32_t* o = out + r * ldout;
+    std::fill(o, o + (gm.groups + 1) * kNr, 0);
+    const int8_t* ar = a + r * lda;
+    for (int j = 0; j < kNr; ++j) {
+      const uint8_t* wr = w + j * ldw;
+      for (int64_t c = 0; c < kc; ++c) {
+        for (int64_t i = 0; i < kChunkBytes; ++i) {
+          const uint8_t b = wr[c * kChunkBytes + i];
+          const int32_t lo = low_nibble(b) * ar[c * kChunk + i];
+          const int32_t hi = high_nibble(b) * ar[c * kChunk + 32 + i];
+          o[group_of(gm, c, i) * kNr + j] += lo + hi;
+        }
+      }
+    }
+  }
+}
+
+void group_sums_scalar(const int8_t* a, int64_t kc, const GroupMode& gm, int32_t* corr) {
+  std::fill(corr, corr + gm.groups, 0);
+  for (int64_t c = 0; c < kc; ++c) {
+    for (int64_t p = 0; p < kChunk; ++p) {
+      const int64_t g = group_of(gm, c, p & 31);
+      if (g < gm.groups) corr[g] += 8 * a[c * kChunk + p];
+    }
+  }
+}
+
+void quantize_scalar(const float* x, int64_t n, float s, int8_t* q) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = std::nearbyint(x[i] / s);  // default rounding mode: half to even
+    q[i] = static_cast<int8_t>(std::min(127.0f, std::max(-127.0f, v)));
+  }
+}
+
+float absmax_scalar(const float* x, int64_t n) {
+  float m = 0.0f;
+  for (int64_t i = 0; i < n; ++i) m = std::max(m, std::fabs(x[i]));
+  return m;
+}
+
+void epilogue(const int32_t* s, const int32_t* cw, const float* sc, int64_t groups, float rs,
+              const float* bias, float out[kNr]) {
+#if defined(__SSE2__)
+  __m128 y = _mm_setzero_ps();
+  for (int64_t g = 0; g < groups; ++g) {
+    __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + g * kNr));
+    if (cw) v = _mm_sub_epi32(v, _mm_loadu_si128(reinterpret_cast<const __m128i*>(cw + g * kNr)));
+    y = _mm_add_ps(y, _mm_mul_ps(_mm_cvtepi32_ps(v), _mm_loadu_ps(sc + g * kNr)));
+  }
+  y = _mm_mul_ps(y, _mm_set1_ps(rs));
+  if (bias) y = _mm_add_ps(y, _mm_loadu_ps(bias));
+  _mm_storeu_ps(out, y);
+#else
+  for (int j = 0; j < kNr; ++j) {
+    float y = 0.0f;
+    for (int64_t g = 0; g < groups; ++g) {
+      const int32_t v = s[g * kNr + j] - (cw ? cw[g * kNr + j] : 0);
+      const float p = static_cast<float>(v) * sc[g * kNr + j];
+      y = y + p;
+    }
+    y = y * rs;
+    if (bias) y = y + bias[j];
+    out[j] = y;
+  }
+#endif
+}
+
+const Kernels& kernels_for(Impl impl) {
+  static const Kernels scalar{block_scalar, group_sums_scalar, quantize_scalar, absmax_scalar};
+  static const Kernels avx2{block_avx2, group_sums_avx2, quantize_avx2, absmax_avx2};
+  if (impl == Impl::kScalar || !cpu_has_avx2()) return scalar;
+  return avx2;
+}
+
+}  // namespace detail
+
+uint64_t read_probe(const uint8_t* buf, size_t nbytes, int threads) {
+  const int t = resolve_threads(threads);
+  const size_t words = nbytes / sizeof(uint64_t);
+  std::vector<uint64_t> sums(static_cast<size_t>(t), 0);
+  detail::parallel_for(t, t, [&](int64_t i) {
+    const size_t lo = words * static_cast<size_t>(i) / static_cast<size_t>(t);
+    const size_t hi = words * static_cast<size_t>(i + 1) / static_cast<size_t>(t);
+    uint64_t acc[4] = {0, 0, 0, 0};
+    for (size_t w = lo; w + 4 <= hi; w += 4) {
+      uint64_t v[4];
+      std::memcpy(v, buf + w * 8, sizeof(v));
+      for (int j = 0; j < 4; ++j) acc[j] += v[j];
+    }
+    sums[static_cast<size_t>(i)] = acc[0] + acc[1] + acc[2] + acc[3];
+  });
+  uint64_t total = 0;
+  for (uint64_t s : sums) total += s;
+  return total;
+}
+
+}  // namespace zerop
