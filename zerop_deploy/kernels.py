@@ -112,6 +112,14 @@ def _array(a: object, name: str, dtype: np.dtype | tuple, ndim: int) -> np.ndarr
     return a
 
 
+def _check_group(group_size: int) -> int:
+    if not isinstance(group_size, int | np.integer) or (
+        group_size != 0 and (group_size < 32 or (group_size != 32 and group_size % 64))
+    ):
+        raise ValueError(f"group_size must be 0, 32 or a multiple of 64, got {group_size!r}")
+    return int(group_size)
+
+
 def _check_common(packed: np.ndarray, scales: np.ndarray, bias: np.ndarray | None, k: int,
                   group_size: int, threads: int) -> None:
     n = packed.shape[0]
@@ -119,8 +127,6 @@ def _check_common(packed: np.ndarray, scales: np.ndarray, bias: np.ndarray | Non
         raise ValueError(
             f"packed must be [N, ceil(K/2)] = [{n}, {(k + 1) // 2}] for K={k}, got {packed.shape}"
         )
-    if group_size != 0 and (group_size < 32 or (group_size != 32 and group_size % 64)):
-        raise ValueError(f"group_size must be 0, 32 or a multiple of 64, got {group_size}")
     want = (n,) if group_size == 0 else (-(-k // group_size), n)
     if scales.shape != want:
         raise ValueError(f"scales must have shape {want} for group_size={group_size}, got {scales.shape}")
@@ -152,6 +158,7 @@ def matmul_int4(x: np.ndarray, packed: np.ndarray, scales: np.ndarray, *,
         KernelsUnavailableError: If the native kernels were not built.
     """
     lib = _lib()
+    group_size = _check_group(group_size)
     x = _array(x, "x", np.float32, 2)
     packed = _array(packed, "packed", np.uint8, 2)
     scales = _array(scales, "scales", np.float32, 1 if group_size == 0 else 2)
@@ -193,6 +200,7 @@ def matmul_int4_quantized(xq: np.ndarray, x_scale: float, x_zero_point: int, pac
         float32 ``[M, N]``.
     """
     lib = _lib()
+    group_size = _check_group(group_size)
     xq = _array(xq, "xq", (np.uint8, np.int8), 2)
     packed = _array(packed, "packed", np.uint8, 2)
     scales = _array(scales, "scales", np.float32, 1 if group_size == 0 else 2)

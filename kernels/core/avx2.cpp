@@ -5,7 +5,8 @@
 // from the packed byte) as the unsigned operand of vpmaddubsw, activations (-128..127) as the signed one:
 //   sum a*w = sum a*(w+8) - 8*sum a,
 // and the 8*sum a term (`corr`) is computed once per row. A vpmaddubsw pair is at most
-// 2*15*128 = 3840 in magnitude and two of them are added in int16 (7680 < 32767): no saturation.
+// 2*15*128 = 3840 in magnitude and at most four of them are added in int16 (15360 < 32767): no
+// saturation.
 #include <algorithm>
 
 #include "internal.h"
@@ -27,63 +28,101 @@ bool cpu_has_avx2() {
 namespace detail {
 namespace {
 
-ZEROP_AVX2 inline __m256i dot_chunk(__m256i lo, __m256i hi, __m256i ae, __m256i ao, __m256i ones) {
-  const __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, ae), _mm256_maddubs_epi16(hi, ao));
-  return _mm256_madd_epi16(p, ones);
-}
-
 // [sum over the low 128 bits of acc[j] for j=0..3 | the same for the high 128 bits].
 ZEROP_AVX2 inline __m256i reduce4(const __m256i* acc) {
   return _mm256_hadd_epi32(_mm256_hadd_epi32(acc[0], acc[1]), _mm256_hadd_epi32(acc[2], acc[3]));
 }
 
-template <int R>
-ZEROP_AVX2 void block_rows(const int8_t* a, int64_t lda, const uint8_t* w, int64_t ldw, int64_t kc,
-                           const GroupMode& gm, const int32_t* corr, int64_t ldcorr, int32_t* out,
-                           int64_t ldout) {
+// Integer product of R activation rows with kNr weight rows over chunks [c0, c1) of one group,
+// added to acc. Pairs of chunks are summed in int16 before widening (4 * 3840 < 32767).
+template <int R, bool kSingle>
+ZEROP_AVX2 inline void accumulate(const int8_t* a, int64_t lda, const uint8_t* w, int64_t ldw,
+                                  int64_t c0, int64_t c1, __m256i (*acc)[kNr]) {
   const __m256i m0f = _mm256_set1_epi8(0x0F);
   const __m256i m88 = _mm256_set1_epi8(static_cast<char>(0x88));
   const __m256i ones = _mm256_set1_epi16(1);
-  __m256i acc[R][kNr];
-  for (int r = 0; r < R; ++r)
-    for (int j = 0; j < kNr; ++j) acc[r][j] = _mm256_setzero_si256();
-  const int64_t gc = gm.group_chunks;
-  int64_t g = 0;
-  for (int64_t c = 0; c < kc; ++c) {
-    __m256i ae[R], ao[R];
-    for (int r = 0; r < R; ++r) {
-      ae[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + r * lda + c * kChunk));
-      ao[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + r * lda + c * kChunk + 32));
-    }
-    for (int j = 0; j < kNr; ++j) {
-      // nibble ^ 8 turns a two's-complement int4 w into w + 8 (0..15), in both nibbles at once
-      const __m256i v = _mm256_xor_si256(
-          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + j * ldw + c * kChunkBytes)), m88);
-      const __m256i lo = _mm256_and_si256(v, m0f);
-      const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m0f);
-      for (int r = 0; r < R; ++r)
-        acc[r][j] = _mm256_add_epi32(acc[r][j], dot_chunk(lo, hi, ae[r], ao[r], ones));
-    }
-    if (gc == 0) {  // groups of 32: the two 128-bit halves are groups 2c and 2c+1
-      for (int r = 0; r < R; ++r) {
-        const int32_t* cr = corr + r * ldcorr;
-        const int32_t c0 = cr[2 * c];
-        const int32_t c1 = 2 * c + 1 < gm.groups ? cr[2 * c + 1] : 0;
-        __m256i s = _mm256_sub_epi32(reduce4(acc[r]), _mm256_setr_epi32(c0, c0, c0, c0, c1, c1, c1, c1));
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + r * ldout + 2 * c * kNr), s);
-        for (int j = 0; j < kNr; ++j) acc[r][j] = _mm256_setzero_si256();
+  for (int64_t c = c0; c < c1;) {
+    const int steps = (!kSingle && c + 2 <= c1) ? 2 : 1;
+    __m256i ae[R][2], ao[R][2];
+    for (int r = 0; r < R; ++r)
+      for (int u = 0; u < steps; ++u) {
+        const int8_t* ar = a + r * lda + (c + u) * kChunk;
+        ae[r][u] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ar));
+        ao[r][u] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ar + 32));
       }
-    } else if ((c + 1) % gc == 0 || c + 1 == kc) {
+    for (int j = 0; j < kNr; ++j) {
+      __m256i p[R];
+      for (int r = 0; r < R; ++r) p[r] = _mm256_setzero_si256();
+      for (int u = 0; u < steps; ++u) {
+        // nibble ^ 8 turns a two's-complement int4 w into w + 8 (0..15), both nibbles at once
+        const __m256i v = _mm256_xor_si256(
+            _mm256_loadu_si256(
+                reinterpret_cast<const __m256i*>(w + j * ldw + (c + u) * kChunkBytes)),
+            m88);
+        const __m256i lo = _mm256_and_si256(v, m0f);
+        const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m0f);
+        for (int r = 0; r < R; ++r)
+          p[r] = _mm256_add_epi16(p[r], _mm256_add_epi16(_mm256_maddubs_epi16(lo, ae[r][u]),
+                                                         _mm256_maddubs_epi16(hi, ao[r][u])));
+      }
+      for (int r = 0; r < R; ++r)
+        acc[r][j] = _mm256_add_epi32(acc[r][j], _mm256_madd_epi16(p[r], ones));
+    }
+    c += steps;
+  }
+}
+
+// Hands the group sums s4 (4 columns, corr already subtracted) of row r, group g to the output:
+// stored as integers, or scaled and added to the row's float accumulator in group order.
+ZEROP_AVX2 inline void emit(const BlockArgs& b, int r, int64_t g, __m128i s4, __m128* y) {
+  if (!b.sc) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(b.out + r * b.ldout + g * kNr), s4);
+    return;
+  }
+  if (b.cw) s4 = _mm_sub_epi32(s4, _mm_loadu_si128(reinterpret_cast<const __m128i*>(b.cw + g * kNr)));
+  y[r] = _mm_add_ps(y[r], _mm_mul_ps(_mm_cvtepi32_ps(s4), _mm_loadu_ps(b.sc + g * b.ldsc)));
+}
+
+template <int R>
+ZEROP_AVX2 void block_rows(const BlockArgs& b) {
+  // Locals, so that the stores below cannot be assumed to alias them.
+  const int8_t* const a = b.a;
+  const uint8_t* const w = b.w;
+  const int64_t lda = b.lda, ldw = b.ldw, kc = b.kc, gc = b.gm.group_chunks, groups = b.gm.groups;
+  __m256i acc[R][kNr];
+  __m128 y[R];
+  for (int r = 0; r < R; ++r) y[r] = _mm_setzero_ps();
+  auto reset = [&acc]() ZEROP_AVX2 {
+    for (int r = 0; r < R; ++r)
+      for (int j = 0; j < kNr; ++j) acc[r][j] = _mm256_setzero_si256();
+  };
+  if (gc == 0) {  // groups of 32: the two 128-bit halves are groups 2c and 2c+1
+    for (int64_t c = 0; c < kc; ++c) {
+      reset();
+      accumulate<R, true>(a, lda, w, ldw, c, c + 1, acc);
+      for (int r = 0; r < R; ++r) {
+        const int32_t* cr = b.corr + r * b.ldcorr;
+        const __m256i s = reduce4(acc[r]);
+        emit(b, r, 2 * c, _mm_sub_epi32(_mm256_castsi256_si128(s), _mm_set1_epi32(cr[2 * c])), y);
+        if (2 * c + 1 < groups) {
+          const __m128i hi = _mm256_extracti128_si256(s, 1);
+          emit(b, r, 2 * c + 1, _mm_sub_epi32(hi, _mm_set1_epi32(cr[2 * c + 1])), y);
+        }
+      }
+    }
+  } else {
+    for (int64_t g = 0, c0 = 0; c0 < kc; ++g, c0 += gc) {
+      reset();
+      accumulate<R, false>(a, lda, w, ldw, c0, std::min(kc, c0 + gc), acc);
       for (int r = 0; r < R; ++r) {
         const __m256i s = reduce4(acc[r]);
-        __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
-        s4 = _mm_sub_epi32(s4, _mm_set1_epi32(corr[r * ldcorr + g]));
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(out + r * ldout + g * kNr), s4);
-        for (int j = 0; j < kNr; ++j) acc[r][j] = _mm256_setzero_si256();
+        const __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+        emit(b, r, g, _mm_sub_epi32(s4, _mm_set1_epi32(b.corr[r * b.ldcorr + g])), y);
       }
-      ++g;
     }
   }
+  if (b.sc)
+    for (int r = 0; r < R; ++r) _mm_storeu_ps(b.yacc + r * kNr, y[r]);
 }
 
 // Sums of 8-byte runs of int8 values, as 4 int64 lanes (bytes biased to unsigned and corrected).
@@ -94,13 +133,11 @@ ZEROP_AVX2 inline __m256i sad_sum(__m256i v) {
 
 }  // namespace
 
-ZEROP_AVX2 void block_avx2(int rows, const int8_t* a, int64_t lda, const uint8_t* w, int64_t ldw,
-                           int64_t kc, const GroupMode& gm, const int32_t* corr, int64_t ldcorr,
-                           int32_t* out, int64_t ldout) {
+ZEROP_AVX2 void block_avx2(int rows, const BlockArgs& b) {
   if (rows == 2) {
-    block_rows<2>(a, lda, w, ldw, kc, gm, corr, ldcorr, out, ldout);
+    block_rows<2>(b);
   } else {
-    block_rows<1>(a, lda, w, ldw, kc, gm, corr, ldcorr, out, ldout);
+    block_rows<1>(b);
   }
 }
 
@@ -159,11 +196,7 @@ ZEROP_AVX2 float absmax_avx2(const float* x, int64_t n) {
 namespace zerop {
 bool cpu_has_avx2() { return false; }
 namespace detail {
-void block_avx2(int rows, const int8_t* a, int64_t lda, const uint8_t* w, int64_t ldw, int64_t kc,
-                const GroupMode& gm, const int32_t* corr, int64_t ldcorr, int32_t* out,
-                int64_t ldout) {
-  block_scalar(rows, a, lda, w, ldw, kc, gm, corr, ldcorr, out, ldout);
-}
+void block_avx2(int rows, const BlockArgs& b) { block_scalar(rows, b); }
 void group_sums_avx2(const int8_t* a, int64_t kc, const GroupMode& gm, int32_t* corr) {
   group_sums_scalar(a, kc, gm, corr);
 }

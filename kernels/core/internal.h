@@ -26,21 +26,34 @@ inline int64_t group_of(const GroupMode& gm, int64_t c, int64_t i) {
   return gm.group_chunks == 0 ? 2 * c + (i >= 16 ? 1 : 0) : c / gm.group_chunks;
 }
 
-// Integer block product for up to 2 rows and kNr weight rows:
-//   out[r][g][j] = sum_{k in g} a[r][k] * w[j][k]   (exact, int32)
-// a: rows of kc*64 int8 (stride lda); w: kNr rows of kc*32 packed bytes (stride ldw);
-// corr[r][g] = 8 * sum_{k in g} a[r][k] (stride ldcorr; used by the AVX2 path only);
-// out: rows of (G + 1) * kNr int32 (stride ldout).
-using BlockFn = void (*)(int rows, const int8_t* a, int64_t lda, const uint8_t* w, int64_t ldw,
-                         int64_t kc, const GroupMode& gm, const int32_t* corr, int64_t ldcorr,
-                         int32_t* out, int64_t ldout);
+// One block product: up to 2 activation rows against kNr weight rows.
+// a: rows of kc*64 int8 in chunk layout (stride lda); w: kNr rows of kc*32 packed bytes (stride ldw);
+// corr[r][g] = 8 * sum_{k in g} a[r][k] (stride ldcorr; the AVX2 path needs it).
+// With S[r][g][j] = sum_{k in g} a[r][k] * w[j][k] (exact, int32):
+//   sc == nullptr: out[r][g][j] = S (out rows of (G + 1) * kNr int32, stride ldout);
+//   otherwise:     yacc[r][j] = sum over g in order of float(S - cw[g][j]) * sc[g][j]
+//                  (sc: G rows of kNr floats, stride ldsc; cw: G x kNr int32 or null),
+//                  the float steps of quant/primitives.py:matmul_int4_reference.
+struct BlockArgs {
+  const int8_t* a;
+  int64_t lda;
+  const uint8_t* w;
+  int64_t ldw;
+  int64_t kc;
+  GroupMode gm;
+  const int32_t* corr;
+  int64_t ldcorr;
+  int32_t* out;
+  int64_t ldout;
+  const float* sc;
+  int64_t ldsc;
+  const int32_t* cw;
+  float* yacc;
+};
+using BlockFn = void (*)(int rows, const BlockArgs& b);
 
-void block_scalar(int rows, const int8_t* a, int64_t lda, const uint8_t* w, int64_t ldw, int64_t kc,
-                  const GroupMode& gm, const int32_t* corr, int64_t ldcorr, int32_t* out,
-                  int64_t ldout);
-void block_avx2(int rows, const int8_t* a, int64_t lda, const uint8_t* w, int64_t ldw, int64_t kc,
-                const GroupMode& gm, const int32_t* corr, int64_t ldcorr, int32_t* out,
-                int64_t ldout);
+void block_scalar(int rows, const BlockArgs& b);
+void block_avx2(int rows, const BlockArgs& b);
 
 // corr[g] = 8 * sum of a row's values in each group (a row of kc*64 int8 in chunk layout).
 void group_sums_scalar(const int8_t* a, int64_t kc, const GroupMode& gm, int32_t* corr);
@@ -63,11 +76,8 @@ const Kernels& kernels_for(Impl impl);
 // The activation scale rule: max|x| / 127, or 1 for an all-zero row.
 inline float row_scale(float amax) { return amax > 0.0f ? amax / 127.0f : 1.0f; }
 
-// Float epilogue of one row and kNr columns, in the reference's order:
-// y_j = sum_g float(S[g][j] - cw[g][j]) * scales[g][j]; y_j *= row_scale; y_j += bias_j.
-// S: (G) x kNr; cw: c * wsum, G x kNr or null; sc: G x kNr; bias: kNr or null.
-void epilogue(const int32_t* s, const int32_t* cw, const float* sc, int64_t groups, float rs,
-              const float* bias, float out[kNr]);
+// Last float steps of one row and kNr columns: y_j = yacc_j * row_scale (+ bias_j).
+void epilogue(const float* yacc, float rs, const float* bias, float out[kNr]);
 
 // Runs fn(task) for task in [0, n_tasks) on `threads` threads (the caller is one of them).
 void parallel_for(int64_t n_tasks, int threads, const std::function<void(int64_t)>& fn);

@@ -29,7 +29,7 @@ const uint8_t* weight_block(const WeightSpec& ws, int64_t nb, int cols, std::vec
 
 struct Scratch {
   std::vector<uint8_t> wbuf;
-  std::vector<int32_t> out, wsum, cw;
+  std::vector<int32_t> wsum, cw;
   std::vector<float> sc;
 };
 
@@ -46,34 +46,46 @@ void gemm_rows(const Kernels& kn, const WeightSpec& ws, int64_t rows, const int8
   Scratch& s = scratch();
   const int64_t groups = ws.gm.groups;
   const int64_t ldout = (groups + 1) * kNr;
-  s.out.resize(static_cast<size_t>(2 * ldout));
   s.sc.resize(static_cast<size_t>(std::max<int64_t>(groups, 1) * kNr));
   for (int64_t nb = n0; nb < n1; nb += kNr) {
     const int cols = static_cast<int>(std::min<int64_t>(kNr, n1 - nb));
     int64_t ldw = 0;
     const uint8_t* w = weight_block(ws, nb, cols, s.wbuf, &ldw);
-    for (int64_t g = 0; g < groups; ++g)
-      for (int j = 0; j < kNr; ++j)
-        s.sc[g * kNr + j] = j < cols ? ws.scales[g * ws.ld_scales + nb + j] : 0.0f;
+    const float* sc = ws.scales + nb;  // [G, ld_scales]: 4 columns are contiguous
+    int64_t ldsc = ws.ld_scales;
+    if (cols < kNr) {
+      for (int64_t g = 0; g < groups; ++g)
+        for (int j = 0; j < kNr; ++j)
+          s.sc[g * kNr + j] = j < cols ? ws.scales[g * ws.ld_scales + nb + j] : 0.0f;
+      sc = s.sc.data();
+      ldsc = kNr;
+    }
     float bias[kNr] = {0, 0, 0, 0};
     if (ws.bias)
       for (int j = 0; j < cols; ++j) bias[j] = ws.bias[nb + j];
-    const int32_t* cw = nullptr;
+    BlockArgs ba{nullptr, lda, w, ldw, ws.kc, ws.gm, nullptr, groups, nullptr, ldout,
+                 nullptr, ldsc, nullptr, nullptr};
     if (ws.a_offset != 0) {  // c * sum_k w: the ones row times the weights
       s.wsum.resize(static_cast<size_t>(ldout));
       s.cw.resize(static_cast<size_t>(ldout));
-      kn.block(1, ones, lda, w, ldw, ws.kc, ws.gm, ones_corr, groups, s.wsum.data(), ldout);
+      ba.a = ones;
+      ba.corr = ones_corr;
+      ba.out = s.wsum.data();
+      kn.block(1, ba);
       for (int64_t i = 0; i < groups * kNr; ++i) s.cw[i] = ws.a_offset * s.wsum[i];
-      cw = s.cw.data();
+      ba.cw = s.cw.data();
     }
+    ba.sc = sc;
+    float yacc[2 * kNr];
+    ba.yacc = yacc;
     for (int64_t r = 0; r < rows; r += 2) {
       const int rr = static_cast<int>(std::min<int64_t>(2, rows - r));
-      kn.block(rr, a + r * lda, lda, w, ldw, ws.kc, ws.gm, corr + r * groups, groups, s.out.data(),
-               ldout);
+      ba.a = a + r * lda;
+      ba.corr = corr + r * groups;
+      kn.block(rr, ba);
       for (int i = 0; i < rr; ++i) {
         float res[kNr];
-        epilogue(s.out.data() + i * ldout, cw, s.sc.data(), groups, rs[r + i],
-                 ws.bias ? bias : nullptr, res);
+        epilogue(yacc + i * kNr, rs[r + i], ws.bias ? bias : nullptr, res);
         float* yr = y + (r + i) * y_row + nb * y_col;
         for (int j = 0; j < cols; ++j) yr[j * y_col] = res[j];
       }

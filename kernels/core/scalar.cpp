@@ -5,10 +5,6 @@
 #include <cstring>
 #include <vector>
 
-#if defined(__SSE2__)
-#include <emmintrin.h>
-#endif
-
 #include "internal.h"
 
 namespace zerop {
@@ -19,23 +15,34 @@ inline int32_t low_nibble(uint8_t b) { return static_cast<int32_t>((b & 0x0F) ^ 
 inline int32_t high_nibble(uint8_t b) { return static_cast<int32_t>((b >> 4) ^ 0x08) - 8; }
 }  // namespace
 
-void block_scalar(int rows, const int8_t* a, int64_t lda, const uint8_t* w, int64_t ldw, int64_t kc,
-                  const GroupMode& gm, const int32_t* /*corr*/, int64_t /*ldcorr*/, int32_t* out,
-                  int64_t ldout) {
+void block_scalar(int rows, const BlockArgs& b) {
+  const int64_t ld = (b.gm.groups + 1) * kNr;
+  static thread_local std::vector<int32_t> buf;
+  buf.resize(static_cast<size_t>(ld));
   for (int r = 0; r < rows; ++r) {
-    int32_t* o = out + r * ldout;
-    std::fill(o, o + (gm.groups + 1) * kNr, 0);
-    const int8_t* ar = a + r * lda;
+    int32_t* o = b.sc ? buf.data() : b.out + r * b.ldout;
+    std::fill(o, o + ld, 0);
+    const int8_t* ar = b.a + r * b.lda;
     for (int j = 0; j < kNr; ++j) {
-      const uint8_t* wr = w + j * ldw;
-      for (int64_t c = 0; c < kc; ++c) {
+      const uint8_t* wr = b.w + j * b.ldw;
+      for (int64_t c = 0; c < b.kc; ++c) {
         for (int64_t i = 0; i < kChunkBytes; ++i) {
-          const uint8_t b = wr[c * kChunkBytes + i];
-          const int32_t lo = low_nibble(b) * ar[c * kChunk + i];
-          const int32_t hi = high_nibble(b) * ar[c * kChunk + 32 + i];
-          o[group_of(gm, c, i) * kNr + j] += lo + hi;
+          const uint8_t byte = wr[c * kChunkBytes + i];
+          const int32_t lo = low_nibble(byte) * ar[c * kChunk + i];
+          const int32_t hi = high_nibble(byte) * ar[c * kChunk + 32 + i];
+          o[group_of(b.gm, c, i) * kNr + j] += lo + hi;
         }
       }
+    }
+    if (!b.sc) continue;
+    for (int j = 0; j < kNr; ++j) {
+      float y = 0.0f;
+      for (int64_t g = 0; g < b.gm.groups; ++g) {
+        const int32_t v = o[g * kNr + j] - (b.cw ? b.cw[g * kNr + j] : 0);
+        const float p = static_cast<float>(v) * b.sc[g * b.ldsc + j];
+        y = y + p;
+      }
+      b.yacc[r * kNr + j] = y;
     }
   }
 }
@@ -63,31 +70,12 @@ float absmax_scalar(const float* x, int64_t n) {
   return m;
 }
 
-void epilogue(const int32_t* s, const int32_t* cw, const float* sc, int64_t groups, float rs,
-              const float* bias, float out[kNr]) {
-#if defined(__SSE2__)
-  __m128 y = _mm_setzero_ps();
-  for (int64_t g = 0; g < groups; ++g) {
-    __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + g * kNr));
-    if (cw) v = _mm_sub_epi32(v, _mm_loadu_si128(reinterpret_cast<const __m128i*>(cw + g * kNr)));
-    y = _mm_add_ps(y, _mm_mul_ps(_mm_cvtepi32_ps(v), _mm_loadu_ps(sc + g * kNr)));
-  }
-  y = _mm_mul_ps(y, _mm_set1_ps(rs));
-  if (bias) y = _mm_add_ps(y, _mm_loadu_ps(bias));
-  _mm_storeu_ps(out, y);
-#else
+void epilogue(const float* yacc, float rs, const float* bias, float out[kNr]) {
   for (int j = 0; j < kNr; ++j) {
-    float y = 0.0f;
-    for (int64_t g = 0; g < groups; ++g) {
-      const int32_t v = s[g * kNr + j] - (cw ? cw[g * kNr + j] : 0);
-      const float p = static_cast<float>(v) * sc[g * kNr + j];
-      y = y + p;
-    }
-    y = y * rs;
+    float y = yacc[j] * rs;
     if (bias) y = y + bias[j];
     out[j] = y;
   }
-#endif
 }
 
 const Kernels& kernels_for(Impl impl) {

@@ -1,0 +1,84 @@
+"""Shared helpers of the kernel microbenchmarks: onnxruntime one-node models and a fair timer."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+
+def session(model: onnx.ModelProto, threads: int) -> ort.InferenceSession:
+    """An onnxruntime CPU session with a fixed intra-op thread count."""
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def _model(node: onnx.NodeProto, m: int, k: int, n: int, inits: list[onnx.TensorProto],
+           opsets: list[tuple[str, int]]) -> onnx.ModelProto:
+    graph = helper.make_graph(
+        [node], "bench",
+        [helper.make_tensor_value_info("A", TensorProto.FLOAT, [m, k])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [m, n])],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets])
+    model.ir_version = 10
+    return model
+
+
+def matmul_fp32_model(w_kn: np.ndarray, m: int) -> onnx.ModelProto:
+    """Y = A @ B with a float32 [K, N] initializer."""
+    k, n = w_kn.shape
+    node = helper.make_node("MatMul", ["A", "B"], ["Y"])
+    return _model(node, m, k, n, [numpy_helper.from_array(w_kn.astype(np.float32), "B")],
+                  [("", 17)])
+
+
+def matmul_nbits_model(w: np.ndarray, scales: np.ndarray, block: int, m: int,
+                       accuracy_level: int = 4) -> onnx.ModelProto:
+    """com.microsoft MatMulNBits (bits=4) for int4 weights w [N, K] and scales [ceil(K/block), N].
+
+    Codes are w + 8 with the default zero point 8, so ``(code - 8) * scale == w * scale``.
+    """
+    n, k = w.shape
+    blocks = -(-k // block)
+    codes = np.full((n, blocks * block), 8, dtype=np.uint8)
+    codes[:, :k] = (w.astype(np.int16) + 8).astype(np.uint8)
+    packed = (codes[:, 0::2] | (codes[:, 1::2] << 4)).reshape(n, blocks, block // 2)
+    node = helper.make_node(
+        "MatMulNBits", ["A", "B", "scales"], ["Y"], domain="com.microsoft",
+        K=k, N=n, bits=4, block_size=block, accuracy_level=accuracy_level,
+    )
+    inits = [numpy_helper.from_array(packed, "B"),
+             numpy_helper.from_array(np.ascontiguousarray(scales.T).reshape(-1), "scales")]
+    return _model(node, m, k, n, inits, [("", 17), ("com.microsoft", 1)])
+
+
+def interleaved_median(fns: dict[str, Callable[[], object]], *, rounds: int = 7,
+                       min_seconds: float = 0.05) -> dict[str, float]:
+    """Median seconds per call of each fn, timed in interleaved rounds so noise hits all alike."""
+    reps = {}
+    for name, fn in fns.items():
+        fn()
+        t0, count = time.perf_counter(), 0
+        while time.perf_counter() - t0 < min_seconds / 4 or count < 3:
+            fn()
+            count += 1
+        reps[name] = max(3, int(count * 4 * min_seconds / max(time.perf_counter() - t0, 1e-9) / 4))
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            for _ in range(reps[name]):
+                fn()
+            samples[name].append((time.perf_counter() - t0) / reps[name])
+    return {name: statistics.median(v) for name, v in samples.items()}
