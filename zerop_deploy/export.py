@@ -1,0 +1,337 @@
+"""QDQ export: the user's ORIGINAL ONNX graph with QDQ pairs and integer weights.
+
+For every :class:`~zerop_deploy.quant.qparams.LayerQuant` the exporter
+
+* inserts ``QuantizeLinear -> DequantizeLinear`` (per tensor, the layer's :class:`ActQuant`)
+  before the node's first input, one pair per (tensor, qparams) even when several layers read it;
+* replaces the float weight by an INT4/INT8 initializer feeding ``DequantizeLinear`` with
+  per-channel float32 scales along ``weight_axis`` and all-zero zero points of the same type;
+* replaces the bias by the layer's float bias (BatchNorm already folded into it) when one is given;
+* removes the BatchNormalization node named by ``folded_bn``; the layer's output takes over the
+  BN's output name so that every downstream node is unchanged.
+
+Every other node, name, graph input/output, initializer and metadata entry is kept; weights,
+biases and BN statistics that nothing reads any more are dropped (no fp32 copy stays in the file),
+and one metadata entry, :data:`METADATA_KEY`, records a short JSON summary. New tensors and nodes
+are named after what they replace (``<weight>_quantized``, ``<input>_QuantizeLinear``...) and never
+collide with an existing name.
+
+Opset: INT4/UINT4 tensors need the default domain at opset >= 21 (and IR >= 10). The model is
+upgraded with ``onnx.version_converter`` *before* any QDQ node is inserted, so that the converter
+only has to rewrite the user's own ops (e.g. ReduceMean-18 takes ``axes`` as an input) and never
+sees INT4 types that older opsets lack. Int8-only exports keep the model's opset when it is >= 13,
+the first opset with per-axis DequantizeLinear; older models are upgraded to 13.
+
+Verified in onnxruntime 1.32 (CPU): QuantizeLinear/DequantizeLinear at opset 21 with uint4, int4,
+uint8 and int8 activations and per-axis int4/int8 weights (with or without zero point) reproduce
+:mod:`zerop_deploy.quant.primitives` bit for bit. One onnxruntime optimisation changes numerics:
+WeightBiasQuantization rounds a float bias to int32 (see :func:`integer_bias`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from zerop_deploy import _onnx_graph as g
+from zerop_deploy._export_checks import check_layers
+from zerop_deploy.errors import ExportError
+from zerop_deploy.fileio import atomic_write_bytes
+from zerop_deploy.quant.primitives import pack_int4
+from zerop_deploy.quant.qparams import ActQuant, LayerQuant
+
+METADATA_KEY = "zerop_deploy.quantization"
+"""metadata_props key of the JSON summary the exporter adds."""
+
+INT4_OPSET = 21
+"""First default-domain opset with INT4/UINT4 QuantizeLinear/DequantizeLinear."""
+
+PER_AXIS_OPSET = 13
+"""First default-domain opset with per-axis (``axis`` attribute) DequantizeLinear."""
+
+_INT_TYPES = {
+    (4, True): TensorProto.INT4,
+    (4, False): TensorProto.UINT4,
+    (8, True): TensorProto.INT8,
+    (8, False): TensorProto.UINT8,
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# public API
+# --------------------------------------------------------------------------------------------------
+
+
+def export_qdq(
+    proto: onnx.ModelProto, layers: list[LayerQuant], *, int32_bias: bool = False
+) -> onnx.ModelProto:
+    """Return a new model: ``proto`` with QDQ pairs, integer weights and folded BatchNorms.
+
+    ``proto`` itself is never modified.
+
+    Args:
+        proto: The user's original model (as read, BatchNormalization nodes still in it).
+        layers: One entry per quantized Conv/ConvTranspose/Gemm/MatMul node, named as in ``proto``.
+        int32_bias: Store the bias of each layer with a quantized input as INT32 feeding
+            DequantizeLinear with per-channel scale ``act.scale * weight_scale`` (the value of
+            :func:`integer_bias`) instead of float32. onnxruntime's WeightBiasQuantization
+            transformer (on by default) does this rounding itself for every layer whose output
+            goes straight into a QuantizeLinear; with ``int32_bias`` every runtime computes the
+            same thing, whatever follows the layer.
+
+    Returns:
+        The QDQ model; it passes ``onnx.checker.check_model(..., full_check=True)``.
+
+    Raises:
+        ExportError: One line naming the node and what to do, for an unknown node, an op,
+            shape, axis or bias that does not match the graph, a BN that is not the layer's single
+            consumer, or a failed opset upgrade.
+
+    """
+    if not layers:
+        raise ExportError("export: no quantized layers given; nothing to export")
+    check_layers(proto, layers)
+    target = _target_opset(proto, layers)
+    model = g.upgrade_opset(proto, target) if target else _copy(proto)
+    graph = model.graph
+    keep_nodes, was_used = g.dead_nodes(graph), g.used_names(graph)
+    _Rewriter(graph, int32_bias=int32_bias).apply(layers)
+    g.prune(graph, keep_nodes=keep_nodes, was_used=was_used)
+    if any(lq.wbits == 4 or (lq.act is not None and lq.act.bits == 4) for lq in layers):
+        model.ir_version = max(model.ir_version, 10)
+    _set_metadata(model, layers)
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        raise ExportError(f"export: the exported model fails the ONNX checker: {e}") from e
+    return model
+
+
+def save_qdq(proto: onnx.ModelProto, path: str | os.PathLike[str]) -> None:
+    """Write an exported model atomically (temporary file, then rename; never a partial file).
+
+    Args:
+        proto: The model from :func:`export_qdq` (under 2 GB: all tensors stay inside the file).
+        path: Output ``.onnx`` path (check it first with
+            :func:`zerop_deploy.fileio.check_output_path`).
+
+    Raises:
+        ExportError: If the model is too large to serialise into one file.
+        InputError: If the file cannot be written.
+
+    """
+    try:
+        data = proto.SerializeToString()
+    except ValueError as e:  # protobuf refuses messages over 2 GB
+        raise ExportError(
+            f"{path}: the model cannot be serialised ({e}); it must stay under 2 GB"
+        ) from e
+    atomic_write_bytes(path, data)
+
+
+# --------------------------------------------------------------------------------------------------
+# checks (on the original proto, before anything is built)
+# --------------------------------------------------------------------------------------------------
+
+
+def _copy(proto: onnx.ModelProto) -> onnx.ModelProto:
+    new = onnx.ModelProto()
+    new.CopyFrom(proto)
+    return new
+
+
+def _target_opset(proto: onnx.ModelProto, layers: list[LayerQuant]) -> int:
+    """Return the opset to upgrade to, or 0 when the model's own opset can carry the export."""
+    opset = g.default_opset(proto)
+    needs_int4 = any(lq.wbits == 4 or (lq.act is not None and lq.act.bits == 4) for lq in layers)
+    need = INT4_OPSET if needs_int4 else PER_AXIS_OPSET
+    return need if opset < need else 0
+
+
+# --------------------------------------------------------------------------------------------------
+# rewriting (on the copy)
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Rewriter:
+    """Builds the new nodes and initializers for each layer, then splices them into the graph."""
+
+    graph: onnx.GraphProto
+    int32_bias: bool = False
+    before: dict[str, list[onnx.NodeProto]] = field(default_factory=dict)
+    removed: set[str] = field(default_factory=set)
+    pairs: dict[tuple[str, int, bool, float, int], str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.names = g.NameMaker(g.all_names(self.graph))
+        self.nodes = {n.name: n for n in self.graph.node}
+        self.order = {n.name: i for i, n in enumerate(self.graph.node)}
+
+    def apply(self, layers: list[LayerQuant]) -> None:
+        """Rewrite every layer (in graph order, so shared pairs sit before their first reader)."""
+        for lq in sorted(layers, key=lambda lq: self.order[lq.node]):
+            node = self.nodes[lq.node]
+            if lq.act is not None:
+                node.input[0] = self._activation_pair(node, lq.act)
+            if lq.bias is not None:
+                self._bias(node, lq)
+            node.input[1] = self._weight(node, lq)
+            if lq.folded_bn is not None:
+                bn = self.nodes[lq.folded_bn]
+                node.output[0] = bn.output[0]
+                self.removed.add(bn.name)
+        new_nodes = []
+        for node in self.graph.node:
+            if node.name not in self.removed:
+                new_nodes.extend(self.before.get(node.name, []))
+                new_nodes.append(node)
+        del self.graph.node[:]
+        self.graph.node.extend(new_nodes)
+
+    def _init(self, tensor: TensorProto) -> str:
+        self.graph.initializer.append(tensor)
+        return tensor.name
+
+    def _activation_pair(self, node: onnx.NodeProto, act: ActQuant) -> str:
+        x = node.input[0]
+        key = (x, act.bits, act.signed, float(act.scale), int(act.zero_point))
+        if key in self.pairs:
+            return self.pairs[key]
+        qtype = _INT_TYPES[(act.bits, act.signed)]
+        scale = self._init(
+            numpy_helper.from_array(np.array(act.scale, np.float32), self.names(f"{x}_scale"))
+        )
+        zp = self._init(
+            helper.make_tensor(self.names(f"{x}_zero_point"), qtype, [], [int(act.zero_point)])
+        )
+        q_out, dq_out = self.names(f"{x}_quantized"), self.names(f"{x}_dequantized")
+        self.before.setdefault(node.name, []).extend(
+            [
+                helper.make_node(
+                    "QuantizeLinear",
+                    [x, scale, zp],
+                    [q_out],
+                    name=self.names(f"{x}_QuantizeLinear"),
+                ),
+                helper.make_node(
+                    "DequantizeLinear",
+                    [q_out, scale, zp],
+                    [dq_out],
+                    name=self.names(f"{x}_DequantizeLinear"),
+                ),
+            ]
+        )
+        self.pairs[key] = dq_out
+        return dq_out
+
+    def _weight(self, node: onnx.NodeProto, lq: LayerQuant) -> str:
+        w = node.input[1]
+        q = self._init(_int_tensor(self.names(f"{w}_quantized"), np.asarray(lq.weight), lq.wbits))
+        scale = self._init(
+            numpy_helper.from_array(
+                np.asarray(lq.weight_scale, dtype=np.float32), self.names(f"{w}_scale")
+            )
+        )
+        zeros = np.zeros(len(lq.weight_scale), dtype=np.int8)
+        zp = self._init(_int_tensor(self.names(f"{w}_zero_point"), zeros, lq.wbits))
+        out = self.names(f"{w}_dequantized")
+        self.before.setdefault(node.name, []).append(
+            helper.make_node(
+                "DequantizeLinear",
+                [q, scale, zp],
+                [out],
+                name=self.names(f"{w}_DequantizeLinear"),
+                axis=lq.weight_axis,
+            )
+        )
+        return out
+
+    def _bias(self, node: onnx.NodeProto, lq: LayerQuant) -> None:
+        old = node.input[2] if len(node.input) > 2 and node.input[2] else ""
+        base = f"{old}_folded" if old else f"{node.input[1]}_bias"
+        bias = np.asarray(lq.bias, np.float32)
+        if self.int32_bias and lq.act is not None:
+            scale = _bias_scale(lq.act, lq.weight_scale)
+            levels = np.rint(bias / scale)
+            if np.abs(levels).max(initial=0) >= 2**31:
+                raise ExportError(
+                    f"node '{node.name}': the bias does not fit int32 at scale "
+                    "act.scale * weight_scale; export with int32_bias=False"
+                )
+            q = self._init(
+                numpy_helper.from_array(levels.astype(np.int32), self.names(f"{base}_quantized"))
+            )
+            s = self._init(numpy_helper.from_array(scale, self.names(f"{base}_scale")))
+            name = self.names(f"{base}_dequantized")
+            self.before.setdefault(node.name, []).append(
+                helper.make_node(
+                    "DequantizeLinear",
+                    [q, s],
+                    [name],
+                    name=self.names(f"{base}_DequantizeLinear"),
+                    axis=0,
+                )
+            )
+        else:
+            name = self._init(numpy_helper.from_array(bias, self.names(base)))
+        if len(node.input) > 2:
+            node.input[2] = name
+        else:
+            node.input.append(name)
+
+
+def _bias_scale(act: ActQuant, weight_scale: np.ndarray) -> np.ndarray:
+    return (np.float32(act.scale) * np.asarray(weight_scale, np.float32)).astype(np.float32)
+
+
+def integer_bias(bias: np.ndarray, act: ActQuant, weight_scale: np.ndarray) -> np.ndarray:
+    """Round a float bias to the int32 grid ``act.scale * weight_scale``, as integer engines do.
+
+    ``round_half_even(bias / s) * s`` with ``s = float32(act.scale) * weight_scale`` per output
+    channel: what ``export_qdq(..., int32_bias=True)`` stores, and what onnxruntime's
+    WeightBiasQuantization transformer computes (verified bit-exact in onnxruntime 1.32) for a layer
+    whose output goes straight into a QuantizeLinear. A student that should agree exactly with the
+    exported model in onnxruntime rounds its bias this way.
+
+    Args:
+        bias: float32 bias per output channel.
+        act: The quantizer of the layer's input.
+        weight_scale: float32 per-output-channel weight scales.
+
+    Returns:
+        The rounded float32 bias.
+    """
+    s = _bias_scale(act, weight_scale)
+    return (np.rint(np.asarray(bias, np.float32) / s) * s).astype(np.float32)
+
+
+def _int_tensor(name: str, values: np.ndarray, bits: int) -> TensorProto:
+    """INT4 (packed two per byte, the ONNX layout of primitives.pack_int4) or INT8 initializer."""
+    if bits == 8:
+        return numpy_helper.from_array(values.astype(np.int8), name)
+    t = TensorProto(name=name, data_type=TensorProto.INT4, dims=list(values.shape))
+    t.raw_data = pack_int4(values.reshape(1, -1)).tobytes()
+    return t
+
+
+def _set_metadata(model: onnx.ModelProto, layers: list[LayerQuant]) -> None:
+    doc = {
+        "format": "QDQ",
+        "layers": len(layers),
+        "weight_bits": sorted({lq.wbits for lq in layers}),
+        "activation_bits": sorted({lq.act.bits for lq in layers if lq.act is not None}),
+        "folded_batchnorms": sum(lq.folded_bn is not None for lq in layers),
+        "opset": g.default_opset(model),
+    }
+    value = json.dumps(doc, separators=(",", ":"))
+    for prop in model.metadata_props:
+        if prop.key == METADATA_KEY:
+            prop.value = value
+            return
+    model.metadata_props.add(key=METADATA_KEY, value=value)
