@@ -45,11 +45,11 @@ def _attr(node: onnx.NodeProto, name: str, default):
 
 
 def _activations(proto: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Every node input of the float model on ``feeds`` (to choose activation scales)."""
+    """The input of every quantizable layer in the float model on ``feeds`` (to choose scales)."""
     m = onnx.ModelProto()
     m.CopyFrom(proto)
-    have = {o.name for o in m.graph.output} | set(_consts(m))
-    names = sorted({i for n in m.graph.node for i in n.input if i and i not in have} - set(feeds))
+    nodes = {n.name: n for n in m.graph.node}
+    names = sorted({nodes[q["node"]].input[0] for q in quantizable_layers(m)} - set(feeds))
     m.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in names)
     outs = run_onnxruntime(m, feeds)
     values = dict(zip([o.name for o in m.graph.output], outs, strict=True))

@@ -1,0 +1,326 @@
+"""onnxruntime checks of an exported model: agreement with fp32 and with the student, accuracy.
+
+Every model runs on onnxruntime's CPU provider with its default optimisations, which is what a
+user of the exported file gets. Models are given as a path (read with :func:`zerop_deploy.load.read_model`,
+so external data is loaded safely) or as a ModelProto; images are float32 NCHW, already preprocessed
+the way the model expects. The logits are the model's first output.
+
+:func:`validate` builds the document of ``zerop-deploy validate``::
+
+    {"qmodel", "reference", "images", "fp32_vs_quant_top1_agreement", "max_abs_logit_diff",
+     "accuracy": {"fp32", "quantized"} (only with labels), "min_agreement", "passed"}
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Union
+
+import numpy as np
+import onnx
+
+from zerop_deploy.errors import ConfigError, InputError, QualityGateError, ValidationError
+from zerop_deploy.load import read_model
+
+ModelLike = Union[str, "os.PathLike[str]", onnx.ModelProto]
+"""A model as a path to an ``.onnx`` file or as a ModelProto."""
+
+DEFAULT_BATCH_SIZE = 256
+"""Images per onnxruntime call."""
+
+
+class AgreementGateError(QualityGateError):
+    """Top-1 agreement under ``min_agreement`` (exit code 1); ``doc`` holds the full document."""
+
+    def __init__(self, message: str, doc: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.doc = doc
+
+
+# --------------------------------------------------------------------------------------------------
+# running a model
+# --------------------------------------------------------------------------------------------------
+
+
+def _name(model: ModelLike) -> str:
+    return "model" if isinstance(model, onnx.ModelProto) else str(model)
+
+
+def _session(model: ModelLike) -> Any:
+    import onnxruntime as ort
+
+    proto = model if isinstance(model, onnx.ModelProto) else read_model(model)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    try:
+        sess = ort.InferenceSession(
+            proto.SerializeToString(), opts, providers=["CPUExecutionProvider"]
+        )
+    except Exception as e:  # onnxruntime raises its own exception types
+        raise ValidationError(f"{_name(model)}: onnxruntime cannot load the model: {e}") from e
+    if len(sess.get_inputs()) != 1:
+        raise ValidationError(
+            f"{_name(model)}: the model takes {len(sess.get_inputs())} inputs; validation feeds "
+            "images to a model with exactly one input"
+        )
+    return sess
+
+
+def _check_images(images: np.ndarray) -> np.ndarray:
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[0] == 0:
+        raise InputError(
+            f"images: expected a non-empty N x C x H x W batch, got shape {images.shape}; "
+            "pass at least one preprocessed image"
+        )
+    if not np.issubdtype(images.dtype, np.floating):
+        raise InputError(
+            f"images: expected float32 NCHW preprocessed images, got {images.dtype} (raw uint8 "
+            "NHWC?); convert them to the model's input format first"
+        )
+    return np.ascontiguousarray(images, dtype=np.float32)
+
+
+def _fixed_batch(sess: Any, images: np.ndarray, source: str) -> int | None:
+    """Check the image shape against the model's input; return a fixed batch size, if any."""
+    inp = sess.get_inputs()[0]
+    shape = list(inp.shape)
+    if len(shape) != images.ndim or any(
+        isinstance(d, int) and d != n for d, n in zip(shape[1:], images.shape[1:], strict=True)
+    ):
+        raise InputError(
+            f"{source}: input '{inp.name}' has shape {shape} but the images are "
+            f"{list(images.shape)}; resize or crop the images to the model's input size"
+        )
+    return shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
+
+
+def run_logits(
+    model: ModelLike, images: np.ndarray, *, batch_size: int = DEFAULT_BATCH_SIZE
+) -> np.ndarray:
+    """Run ``model`` on ``images`` in batches and return its first output as ``[N, classes]``.
+
+    A model with a fixed batch dimension gets batches of exactly that size (the last one padded).
+
+    Args:
+        model: Path or ModelProto.
+        images: float32 ``[N, C, H, W]``, preprocessed.
+        batch_size: Images per onnxruntime call.
+
+    Returns:
+        float32 logits, one row per image (further output dimensions are flattened).
+
+    Raises:
+        InputError: Empty or non-float images, or images that do not fit the model's input.
+        ValidationError: If onnxruntime cannot load or run the model.
+    """
+    if batch_size < 1:
+        raise ConfigError(f"batch_size: must be at least 1, got {batch_size}")
+    images = _check_images(images)
+    sess = _session(model)
+    source = _name(model)
+    fixed = _fixed_batch(sess, images, source)
+    step = fixed or batch_size
+    name = sess.get_inputs()[0].name
+    outs = []
+    for start in range(0, len(images), step):
+        chunk = images[start : start + step]
+        n = len(chunk)
+        if fixed and n < fixed:
+            chunk = np.concatenate([chunk, np.zeros((fixed - n, *chunk.shape[1:]), np.float32)])
+        try:
+            out = np.asarray(sess.run(None, {name: chunk})[0])
+        except Exception as e:  # onnxruntime raises its own exception types
+            raise ValidationError(f"{source}: onnxruntime cannot run the model: {e}") from e
+        outs.append(out[:n].reshape(n, -1).astype(np.float32))
+    return np.concatenate(outs)
+
+
+# --------------------------------------------------------------------------------------------------
+# comparisons
+# --------------------------------------------------------------------------------------------------
+
+
+def top1_agreement(a: np.ndarray, b: np.ndarray) -> float:
+    """Return the fraction of rows whose argmax is the same in ``a`` and ``b``."""
+    if a.shape != b.shape:
+        raise ValidationError(f"logits of shape {a.shape} and {b.shape} cannot be compared")
+    return float(np.mean(a.argmax(axis=1) == b.argmax(axis=1)))
+
+
+def _logit_diff(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).max())
+
+
+def compare_models(
+    qmodel: ModelLike,
+    reference: ModelLike,
+    images: np.ndarray,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> dict[str, Any]:
+    """Compare a quantized model with its fp32 reference on the same images.
+
+    Args:
+        qmodel: The exported (QDQ) model.
+        reference: The original fp32 model.
+        images: float32 ``[N, C, H, W]``, preprocessed.
+        batch_size: Images per onnxruntime call.
+
+    Returns:
+        ``{"images", "fp32_vs_quant_top1_agreement", "max_abs_logit_diff"}`` (over the logits).
+    """
+    q = run_logits(qmodel, images, batch_size=batch_size)
+    ref = run_logits(reference, images, batch_size=batch_size)
+    return _comparison(q, ref)
+
+
+def _comparison(q: np.ndarray, ref: np.ndarray) -> dict[str, Any]:
+    return {
+        "images": len(q),
+        "fp32_vs_quant_top1_agreement": top1_agreement(q, ref),
+        "max_abs_logit_diff": _logit_diff(q, ref),
+    }
+
+
+def _check_labels(labels: np.ndarray, n: int) -> np.ndarray:
+    labels = np.asarray(labels).reshape(-1)
+    if len(labels) != n or not np.issubdtype(labels.dtype, np.integer):
+        raise InputError(
+            f"labels: expected {n} integer class indices (one per image), got {len(labels)} of "
+            f"type {labels.dtype}"
+        )
+    return labels
+
+
+def accuracy(
+    model: ModelLike,
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> float:
+    """Return the top-1 accuracy of ``model`` on labelled images (a fraction in [0, 1]).
+
+    Raises:
+        InputError: If there is not one integer label per image.
+    """
+    labels = _check_labels(labels, len(images))
+    logits = run_logits(model, images, batch_size=batch_size)
+    return float(np.mean(logits.argmax(axis=1) == labels))
+
+
+def agreement_with_student(
+    qmodel: ModelLike | np.ndarray,
+    student_logits: np.ndarray,
+    *,
+    images: np.ndarray | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> dict[str, Any]:
+    """Compare onnxruntime on the exported model with the torch student's logits.
+
+    Args:
+        qmodel: The exported model (then ``images`` is required), or its onnxruntime logits already
+            computed with :func:`run_logits`.
+        student_logits: ``[N, classes]`` logits of the fake-quantized torch student on the
+            same images.
+        images: The images the student saw, when ``qmodel`` is a model.
+        batch_size: Images per onnxruntime call.
+
+    Returns:
+        ``{"images", "ort_vs_student_top1_agreement", "max_abs_logit_diff_vs_student"}``.
+
+    Raises:
+        ConfigError: If ``qmodel`` is a model and no images are given.
+    """
+    if isinstance(qmodel, np.ndarray):
+        q = np.asarray(qmodel, np.float32).reshape(len(qmodel), -1)
+    elif images is None:
+        raise ConfigError("agreement_with_student: pass images= to run the exported model")
+    else:
+        q = run_logits(qmodel, images, batch_size=batch_size)
+    s = np.asarray(student_logits, np.float32).reshape(len(student_logits), -1)
+    return {
+        "images": len(q),
+        "ort_vs_student_top1_agreement": top1_agreement(q, s),
+        "max_abs_logit_diff_vs_student": _logit_diff(q, s),
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# the validate command
+# --------------------------------------------------------------------------------------------------
+
+
+def validate(
+    qmodel_path: str | os.PathLike[str],
+    reference_path: str | os.PathLike[str],
+    *,
+    images: np.ndarray,
+    labels: np.ndarray | None = None,
+    min_agreement: float | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> dict[str, Any]:
+    """Check an exported model against its fp32 original: the ``zerop-deploy validate`` document.
+
+    Args:
+        qmodel_path: The exported model.
+        reference_path: The original fp32 model.
+        images: float32 ``[N, C, H, W]``, preprocessed.
+        labels: Optional class index per image; adds ``accuracy``.
+        min_agreement: Optional quality gate on ``fp32_vs_quant_top1_agreement``, in [0, 1].
+        batch_size: Images per onnxruntime call.
+
+    Returns:
+        The document (see the module docstring).
+
+    Raises:
+        AgreementGateError: (a QualityGateError, exit code 1) when the agreement is under
+            ``min_agreement``; raised after the document is complete, which it carries as ``.doc``.
+        ConfigError: If ``min_agreement`` is outside [0, 1].
+        InputError: Missing or unreadable model files, bad images or labels.
+        ValidationError: If onnxruntime cannot run a model.
+    """
+    if min_agreement is not None and not 0.0 <= min_agreement <= 1.0:
+        raise ConfigError(f"--min-agreement: must lie in [0, 1], got {min_agreement}")
+    if labels is not None:
+        labels = _check_labels(labels, len(np.asarray(images)))
+    q = run_logits(qmodel_path, images, batch_size=batch_size)
+    ref = run_logits(reference_path, images, batch_size=batch_size)
+    doc: dict[str, Any] = {"qmodel": str(qmodel_path), "reference": str(reference_path)}
+    doc.update(_comparison(q, ref))
+    if labels is not None:
+        doc["accuracy"] = {
+            "fp32": float(np.mean(ref.argmax(axis=1) == labels)),
+            "quantized": float(np.mean(q.argmax(axis=1) == labels)),
+        }
+    agreement = doc["fp32_vs_quant_top1_agreement"]
+    doc["min_agreement"] = min_agreement
+    doc["passed"] = None if min_agreement is None else bool(agreement >= min_agreement)
+    if doc["passed"] is False:
+        raise AgreementGateError(
+            f"{qmodel_path}: top-1 agreement with {reference_path} is {agreement:.4f} on "
+            f"{doc['images']} images, below --min-agreement {min_agreement:.4f}",
+            doc,
+        )
+    return doc
+
+
+def format_validation(doc: dict[str, Any]) -> str:
+    """Render a :func:`validate` document as a readable table."""
+    rows = [
+        ("quantized model", str(doc["qmodel"])),
+        ("reference", str(doc["reference"])),
+        ("images", str(doc["images"])),
+        ("top-1 agreement", f"{100 * doc['fp32_vs_quant_top1_agreement']:.2f} %"),
+        ("max |logit diff|", f"{doc['max_abs_logit_diff']:.4g}"),
+    ]
+    if "accuracy" in doc:
+        acc = doc["accuracy"]
+        rows.append(("accuracy fp32", f"{100 * acc['fp32']:.2f} %"))
+        rows.append(("accuracy quantized", f"{100 * acc['quantized']:.2f} %"))
+    if doc.get("min_agreement") is not None:
+        verdict = "passed" if doc["passed"] else "FAILED"
+        rows.append(("gate", f"{verdict} (min agreement {100 * doc['min_agreement']:.2f} %)"))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
