@@ -94,5 +94,25 @@ def demo_cmd(out_dir: Path) -> None:
     click.echo("wrote: " + ", ".join(str(p) for p in paths))
 
 
+@main.command("bench")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--qdq", type=click.Path(path_type=Path), default=None,
+              help="The exported QDQ model of MODEL, timed end to end beside it.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Threads for onnxruntime and the int4 kernels (default: all cores).")
+@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Batch size for a dynamic batch dimension.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+def bench_cmd(model: Path, qdq: Path | None, threads: int | None, batch: int, as_json: bool) -> None:
+    """Time MODEL in onnxruntime (fp32, QDQ, MatMulNBits) and on the native int4 kernels."""
+    from zerop_deploy.bench import bench, format_bench
+
+    doc = bench(model, threads=threads, qdq_path=qdq, batch=batch)
+    if as_json:
+        _print_json(doc)
+    else:
+        click.echo(format_bench(doc))
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
