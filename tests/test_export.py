@@ -17,7 +17,13 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from zerop_deploy.errors import ExportError
-from zerop_deploy.export import METADATA_KEY, export_qdq, integer_bias, save_qdq
+from zerop_deploy.export import (
+    METADATA_KEY,
+    export_qdq,
+    integer_bias,
+    save_qdq,
+    stored_weight_scale,
+)
 from zerop_deploy.load import convert_model, random_inputs, read_model, run_onnxruntime, run_torch
 from zerop_deploy.quant import primitives as P
 from zerop_deploy.quant.qparams import ActQuant, LayerQuant
@@ -189,9 +195,7 @@ def assert_matches_simulation(proto, exported, layers, feeds, *, int32_bias=Fals
     """
     if int32_bias:
         layers = [
-            lq
-            if lq.act is None or lq.bias is None
-            else _replace(lq, bias=integer_bias(lq.bias, lq.act, lq.weight_scale))
+            lq if lq.act is None or lq.bias is None else _replace(lq, bias=integer_bias(lq))
             for lq in layers
         ]
     ref = simulate(proto, layers, feeds)[0]
@@ -488,3 +492,16 @@ def test_bn_with_a_second_reader_is_refused(cnn_bn):
         ExportError, match="'/0/Conv': BatchNormalization '/1/BatchNormalization' is"
     ):
         export_qdq(model, layers)
+
+
+def test_all_zero_channel_gets_a_usable_scale(cnn_bn):
+    feeds = random_inputs(cnn_bn, batch=4)
+    layers = make_layers(cnn_bn, feeds, wbits=8, abits=8)
+    conv = layers[0]  # /0/Conv, weight [8, 3, 3, 3]: silence channel 2 with an eps scale
+    w, s = conv.weight.copy(), conv.weight_scale.copy()
+    w[2], s[2] = 0, 1e-12
+    layers[0] = _replace(conv, weight=w, weight_scale=s)
+    stored = stored_weight_scale(layers[0])
+    assert stored[2] == s.max() and np.array_equal(np.delete(stored, 2), np.delete(s, 2))
+    out = export_qdq(cnn_bn, layers, int32_bias=True)  # 1e-12 would overflow int32
+    assert_matches_simulation(cnn_bn, out, layers, feeds, int32_bias=True)

@@ -79,10 +79,10 @@ def export_qdq(
         layers: One entry per quantized Conv/ConvTranspose/Gemm/MatMul node, named as in ``proto``.
         int32_bias: Store the bias of each layer with a quantized input as INT32 feeding
             DequantizeLinear with per-channel scale ``act.scale * weight_scale`` (the value of
-            :func:`integer_bias`) instead of float32. onnxruntime's WeightBiasQuantization
-            transformer (on by default) does this rounding itself for every layer whose output
-            goes straight into a QuantizeLinear; with ``int32_bias`` every runtime computes the
-            same thing, whatever follows the layer.
+            :func:`integer_bias`; an overflow is an ExportError) instead of float32.
+            onnxruntime's WeightBiasQuantization transformer (on by default) does this rounding
+            itself for every layer whose output goes straight into a QuantizeLinear; with
+            ``int32_bias`` every runtime computes the same thing, whatever follows the layer.
 
     Returns:
         The QDQ model; it passes ``onnx.checker.check_model(..., full_check=True)``.
@@ -234,9 +234,7 @@ class _Rewriter:
         w = node.input[1]
         q = self._init(_int_tensor(self.names(f"{w}_quantized"), np.asarray(lq.weight), lq.wbits))
         scale = self._init(
-            numpy_helper.from_array(
-                np.asarray(lq.weight_scale, dtype=np.float32), self.names(f"{w}_scale")
-            )
+            numpy_helper.from_array(stored_weight_scale(lq), self.names(f"{w}_scale"))
         )
         zeros = np.zeros(len(lq.weight_scale), dtype=np.int8)
         zp = self._init(_int_tensor(self.names(f"{w}_zero_point"), zeros, lq.wbits))
@@ -257,12 +255,15 @@ class _Rewriter:
         base = f"{old}_folded" if old else f"{node.input[1]}_bias"
         bias = np.asarray(lq.bias, np.float32)
         if self.int32_bias and lq.act is not None:
-            scale = _bias_scale(lq.act, lq.weight_scale)
+            scale = _bias_scale(lq)
             levels = np.rint(bias / scale)
             if np.abs(levels).max(initial=0) >= 2**31:
+                c = int(np.abs(levels).argmax())
                 raise ExportError(
-                    f"node '{node.name}': the bias does not fit int32 at scale "
-                    "act.scale * weight_scale; export with int32_bias=False"
+                    f"node '{node.name}': output channel {c} has bias {bias[c]:.3g} but weight "
+                    f"scale {lq.weight_scale[c % len(lq.weight_scale)]:.3g}; its int32 bias "
+                    "overflows: set that channel's integer weights to 0 (its scale is then "
+                    "replaced) or export with int32_bias=False"
                 )
             q = self._init(
                 numpy_helper.from_array(levels.astype(np.int32), self.names(f"{base}_quantized"))
@@ -286,29 +287,50 @@ class _Rewriter:
             node.input.append(name)
 
 
-def _bias_scale(act: ActQuant, weight_scale: np.ndarray) -> np.ndarray:
-    return (np.float32(act.scale) * np.asarray(weight_scale, np.float32)).astype(np.float32)
+def stored_weight_scale(layer: LayerQuant) -> np.ndarray:
+    """Return the per-channel weight scales as the exporter writes them (float32).
+
+    They are ``layer.weight_scale``, except that an output channel whose integer weights are all
+    zero gets the layer's largest scale: its dequantized weight stays exactly zero, and its bias
+    scale ``act.scale * weight_scale`` no longer underflows (a calibration ``eps`` such as 1e-12
+    would make int32 bias quantization overflow, in this exporter and in onnxruntime alike).
+    """
+    s = np.asarray(layer.weight_scale, np.float32).copy()
+    q = np.moveaxis(np.asarray(layer.weight), layer.weight_axis, 0).reshape(len(s), -1)
+    zero = ~q.any(axis=1)
+    if zero.any():
+        s[zero] = s[~zero].max() if (~zero).any() else np.float32(1.0)
+    return s
 
 
-def integer_bias(bias: np.ndarray, act: ActQuant, weight_scale: np.ndarray) -> np.ndarray:
-    """Round a float bias to the int32 grid ``act.scale * weight_scale``, as integer engines do.
+def _bias_scale(layer: LayerQuant) -> np.ndarray:
+    """``act.scale * weight_scale`` per output channel (groups of a ConvTranspose repeat scales)."""
+    assert layer.act is not None and layer.bias is not None
+    s = stored_weight_scale(layer)
+    s = np.tile(s, len(layer.bias) // len(s))
+    return (np.float32(layer.act.scale) * s).astype(np.float32)
 
-    ``round_half_even(bias / s) * s`` with ``s = float32(act.scale) * weight_scale`` per output
-    channel: what ``export_qdq(..., int32_bias=True)`` stores, and what onnxruntime's
+
+def integer_bias(layer: LayerQuant) -> np.ndarray:
+    """Return a layer's bias rounded to the int32 grid ``act.scale * weight_scale``, as engines do.
+
+    ``round_half_even(bias / s) * s`` with ``s = float32(act.scale) * stored_weight_scale(layer)``
+    per output channel: what ``export_qdq(..., int32_bias=True)`` stores, and what onnxruntime's
     WeightBiasQuantization transformer computes (verified bit-exact in onnxruntime 1.32) for a layer
     whose output goes straight into a QuantizeLinear. A student that should agree exactly with the
-    exported model in onnxruntime rounds its bias this way.
+    exported model in onnxruntime rounds its bias this way. A layer without ``act`` or ``bias``
+    gets its bias back unchanged.
 
     Args:
-        bias: float32 bias per output channel.
-        act: The quantizer of the layer's input.
-        weight_scale: float32 per-output-channel weight scales.
+        layer: The quantized layer.
 
     Returns:
-        The rounded float32 bias.
+        The rounded float32 bias (or ``layer.bias`` as it is).
     """
-    s = _bias_scale(act, weight_scale)
-    return (np.rint(np.asarray(bias, np.float32) / s) * s).astype(np.float32)
+    if layer.act is None or layer.bias is None:
+        return layer.bias  # type: ignore[return-value]
+    s = _bias_scale(layer)
+    return (np.rint(np.asarray(layer.bias, np.float32) / s) * s).astype(np.float32)
 
 
 def _int_tensor(name: str, values: np.ndarray, bits: int) -> TensorProto:
