@@ -141,6 +141,65 @@ ZEROP_AVX2 void block_avx2(int rows, const BlockArgs& b) {
   }
 }
 
+namespace {
+
+// [sum of acc[0], ..., sum of acc[7]]: eight horizontal sums in one vector.
+ZEROP_AVX2 inline __m256i reduce8(const __m256i* acc) {
+  const __m256i h0 = _mm256_hadd_epi32(_mm256_hadd_epi32(acc[0], acc[1]),
+                                       _mm256_hadd_epi32(acc[2], acc[3]));
+  const __m256i h1 = _mm256_hadd_epi32(_mm256_hadd_epi32(acc[4], acc[5]),
+                                       _mm256_hadd_epi32(acc[6], acc[7]));
+  return _mm256_add_epi32(_mm256_permute2x128_si256(h0, h1, 0x20),
+                          _mm256_permute2x128_si256(h0, h1, 0x31));
+}
+
+// Eight gathered rows (consecutive output pixels) against one weight column n; only the first
+// `valid` rows are stored. The eight results of a column are contiguous in the NCHW output.
+ZEROP_AVX2 __attribute__((always_inline)) inline void conv_rows8(const ConvBlockArgs& b, int64_t r0, int64_t valid, int64_t n) {
+  constexpr int R = 8;
+  const __m256i ones = _mm256_set1_epi16(1);
+  const int64_t ldw = b.kc * kChunk;
+  __m256i acc[R];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_si256();
+  const int8_t* a = b.a + r0 * b.lda;
+  const uint8_t* w = b.w + n * ldw;
+  for (int64_t c = 0; c < ldw; c += kChunk) {
+    const __m256i wl = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + c));
+    const __m256i wh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + c + 32));
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const int8_t* ar = a + r * b.lda + c;
+      const __m256i p = _mm256_add_epi16(
+          _mm256_maddubs_epi16(wl, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ar))),
+          _mm256_maddubs_epi16(wh, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ar + 32))));
+      acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(p, ones));
+    }
+  }
+  __m256i s = _mm256_sub_epi32(reduce8(acc),
+                               _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.corr + r0)));
+  if (b.cw) s = _mm256_sub_epi32(s, _mm256_set1_epi32(b.cw[n]));
+  __m256 y = _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(b.sc[n])),
+                           _mm256_set1_ps(b.rs));
+  if (b.bias) y = _mm256_add_ps(y, _mm256_set1_ps(b.bias[n]));
+  float* out = b.y + r0 + n * b.y_col;
+  if (valid == R) {
+    _mm256_storeu_ps(out, y);
+  } else {
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(valid)), lane);
+    _mm256_maskstore_ps(out, mask, y);
+  }
+}
+
+}  // namespace
+
+// Rows are processed eight at a time: the caller's buffers hold whole groups of eight rows.
+ZEROP_AVX2 void conv_block_avx2(int64_t rows, const ConvBlockArgs& b) {
+  for (int64_t r = 0; r < rows; r += 8)
+    for (int64_t n = 0; n < b.n_real; ++n) conv_rows8(b, r, std::min<int64_t>(8, rows - r), n);
+}
+
 ZEROP_AVX2 void group_sums_avx2(const int8_t* a, int64_t kc, const GroupMode& gm, int32_t* corr) {
   std::fill(corr, corr + gm.groups, 0);
   for (int64_t c = 0; c < kc; ++c) {
@@ -197,6 +256,7 @@ namespace zerop {
 bool cpu_has_avx2() { return false; }
 namespace detail {
 void block_avx2(int rows, const BlockArgs& b) { block_scalar(rows, b); }
+void conv_block_avx2(int64_t rows, const ConvBlockArgs& b) { conv_block_scalar(rows, b); }
 void group_sums_avx2(const int8_t* a, int64_t kc, const GroupMode& gm, int32_t* corr) {
   group_sums_scalar(a, kc, gm, corr);
 }

@@ -5,6 +5,10 @@
 #include <cstring>
 #include <vector>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 #include "internal.h"
 
 namespace zerop {
@@ -27,22 +31,23 @@ inline int32_t nibble(const uint8_t* row, int64_t k) {
   return static_cast<int32_t>(((k & 1) ? (b >> 4) : (b & 0x0F)) ^ 0x08) - 8;
 }
 
-// Weights [C_out, (c_in, kh, kw)] in ONNX packing -> [C_out, kc*32] where K runs (kh, kw, c_in) and
-// byte i of chunk c holds k = 64c + i (low nibble) and k = 64c + 32 + i (high nibble).
-std::vector<uint8_t> repack_weights(const ConvShape& s, const uint8_t* packed, int64_t kc) {
-  const int64_t cg = s.c_in / s.groups, taps = s.kh * s.kw, k = cg * taps;
-  const int64_t src_row = (k + 1) / 2, dst_row = kc * kChunkBytes;
-  std::vector<uint8_t> out(static_cast<size_t>(s.c_out * dst_row), 0);
+// Weights [C_out, (c_in, kh, kw)] in ONNX packing -> bytes w + 8, [n_pad per group][kc*64] with K
+// running (kh, kw, c_in) like the gathered rows; padding (k >= K, columns >= C_out/groups) is w = 0.
+std::vector<uint8_t> expand_weights(const ConvShape& s, const uint8_t* packed, int64_t kc,
+                                    int64_t n_pad, std::vector<int32_t>* wsum) {
+  const int64_t cg = s.c_in / s.groups, og = s.c_out / s.groups, taps = s.kh * s.kw;
+  const int64_t k = cg * taps, src_row = (k + 1) / 2, ldw = kc * kChunk;
+  std::vector<uint8_t> out(static_cast<size_t>(s.groups * n_pad * ldw), 8);
+  wsum->assign(static_cast<size_t>(s.groups * n_pad), 0);
   for (int64_t co = 0; co < s.c_out; ++co) {
+    const int64_t row = (co / og) * n_pad + co % og;
     const uint8_t* src = packed + co * src_row;
-    uint8_t* dst = out.data() + co * dst_row;
+    uint8_t* dst = out.data() + row * ldw;
     for (int64_t t = 0; t < taps; ++t) {
       for (int64_t ci = 0; ci < cg; ++ci) {
-        const int64_t p = t * cg + ci;  // position in the gathered row
-        const uint8_t v = static_cast<uint8_t>(nibble(src, ci * taps + t) & 0x0F);
-        const int64_t i = p % kChunk;
-        uint8_t& b = dst[(p / kChunk) * kChunkBytes + (i & 31)];
-        b = static_cast<uint8_t>(b | (i < 32 ? v : v << 4));
+        const int32_t v = nibble(src, ci * taps + t);
+        dst[t * cg + ci] = static_cast<uint8_t>(v + 8);
+        (*wsum)[static_cast<size_t>(row)] += v;
       }
     }
   }
@@ -54,44 +59,147 @@ struct ConvPlan {
   int64_t oh, ow, cg, og, k, kc, lda;
 };
 
-// Gathers output pixels [p0, p0 + rows) of image b, group g into `a` (chunk layout = natural here).
-void im2col(const ConvPlan& pl, const int8_t* xn, int64_t b, int64_t g, int64_t p0, int64_t rows,
-            int8_t pad, int8_t* a) {
-  const ConvShape& s = *pl.s;
-  for (int64_t r = 0; r < rows; ++r) {
-    const int64_t p = p0 + r, oy = p / pl.ow, ox = p % pl.ow;
-    int8_t* dst = a + r * pl.lda;
-    for (int64_t ky = 0; ky < s.kh; ++ky) {
-      const int64_t iy = oy * s.stride_h - s.pad_top + ky * s.dil_h;
-      for (int64_t kx = 0; kx < s.kw; ++kx, dst += pl.cg) {
-        const int64_t ix = ox * s.stride_w - s.pad_left + kx * s.dil_w;
-        if (iy < 0 || iy >= s.h || ix < 0 || ix >= s.w) {
-          std::memset(dst, pad, static_cast<size_t>(pl.cg));
-        } else {
-          std::memcpy(dst, xn + ((b * s.h + iy) * s.w + ix) * s.c_in + g * pl.cg,
-                      static_cast<size_t>(pl.cg));
-        }
-      }
-    }
-    std::memset(dst, 0, static_cast<size_t>(pl.lda - pl.k));
+template <int64_t kBytes>
+inline void copy_tap(int8_t* dst, const int8_t* src, int64_t n) {
+  if (kBytes > 0) {
+    std::memcpy(dst, src, static_cast<size_t>(kBytes));  // a fixed size: inlined moves
+  } else {
+    std::memcpy(dst, src, static_cast<size_t>(n));
   }
 }
 
+// Gathers output pixels [p0, p0 + rows) of image b, group g into `a` (K order kh, kw, c_in) and
+// sets corr[r] = 8 * (sum of row r) from the per-pixel channel sums `psum` ([b][pixel][group]).
+// Bytes [K, lda) of every row must already be 0.
+template <int64_t kBytes>
+void im2col(const ConvPlan& pl, const int8_t* xn, const int32_t* psum, int64_t b, int64_t g,
+            int64_t p0, int64_t rows, int8_t pad, int8_t* a, int32_t* corr) {
+  const ConvShape& s = *pl.s;
+  const int8_t* img = xn + b * s.h * s.w * s.c_in + g * pl.cg;
+  const int32_t* ps = psum + b * s.h * s.w * s.groups + g;
+  const int64_t run = s.kw * pl.cg;
+  const int32_t pad_sum = pad * static_cast<int32_t>(pl.cg);
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t p = p0 + r, oy = p / pl.ow, ox = p % pl.ow;
+    const int64_t ix0 = ox * s.stride_w - s.pad_left;
+    const bool cols_ok = ix0 >= 0 && ix0 + (s.kw - 1) * s.dil_w < s.w;
+    int8_t* dst = a + r * pl.lda;
+    int32_t sum = 0;
+    for (int64_t ky = 0; ky < s.kh; ++ky) {
+      const int64_t iy = oy * s.stride_h - s.pad_top + ky * s.dil_h;
+      if (iy < 0 || iy >= s.h) {
+        std::memset(dst, pad, static_cast<size_t>(run));
+        sum += static_cast<int32_t>(s.kw) * pad_sum;
+        dst += run;
+        continue;
+      }
+      const int8_t* srow = img + iy * s.w * s.c_in;
+      const int32_t* prow = ps + iy * s.w * s.groups;
+      for (int64_t kx = 0; kx < s.kw; ++kx, dst += pl.cg) {
+        const int64_t ix = ix0 + kx * s.dil_w;
+        if (cols_ok || (ix >= 0 && ix < s.w)) {
+          copy_tap<kBytes>(dst, srow + ix * s.c_in, pl.cg);
+          sum += prow[ix * s.groups];
+        } else {
+          std::memset(dst, pad, static_cast<size_t>(pl.cg));
+          sum += pad_sum;
+        }
+      }
+    }
+    corr[r] = 8 * sum;
+  }
+}
+
+using Im2colFn = void (*)(const ConvPlan&, const int8_t*, const int32_t*, int64_t, int64_t,
+                          int64_t, int64_t, int8_t, int8_t*, int32_t*);
+
+Im2colFn pick_im2col(int64_t cg) {
+  switch (cg) {
+    case 8: return im2col<8>;
+    case 16: return im2col<16>;
+    case 32: return im2col<32>;
+    case 64: return im2col<64>;
+    default: return im2col<0>;
+  }
+}
+
+#if defined(__SSE2__)
+// 16x16 byte transpose (SSE2): out row j = column j of the 16 input rows.
+void transpose16(const int8_t* src, int64_t lds, int8_t* dst, int64_t ldd, uint8_t flip) {
+  const __m128i f = _mm_set1_epi8(static_cast<char>(flip));
+  __m128i r[16], t[16];
+  for (int i = 0; i < 16; ++i)
+    r[i] = _mm_xor_si128(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i * lds)), f);
+  for (int k = 0; k < 8; ++k) {
+    t[k] = _mm_unpacklo_epi8(r[2 * k], r[2 * k + 1]);
+    t[k + 8] = _mm_unpackhi_epi8(r[2 * k], r[2 * k + 1]);
+  }
+  for (int h = 0; h < 2; ++h)
+    for (int k = 0; k < 4; ++k) {
+      r[k + 8 * h] = _mm_unpacklo_epi16(t[8 * h + 2 * k], t[8 * h + 2 * k + 1]);
+      r[k + 4 + 8 * h] = _mm_unpackhi_epi16(t[8 * h + 2 * k], t[8 * h + 2 * k + 1]);
+    }
+  for (int q = 0; q < 4; ++q) {
+    const __m128i clo = _mm_unpacklo_epi32(r[4 * q], r[4 * q + 1]);
+    const __m128i chi = _mm_unpackhi_epi32(r[4 * q], r[4 * q + 1]);
+    const __m128i dlo = _mm_unpacklo_epi32(r[4 * q + 2], r[4 * q + 3]);
+    const __m128i dhi = _mm_unpackhi_epi32(r[4 * q + 2], r[4 * q + 3]);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + (4 * q) * ldd), _mm_unpacklo_epi64(clo, dlo));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + (4 * q + 1) * ldd), _mm_unpackhi_epi64(clo, dlo));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + (4 * q + 2) * ldd), _mm_unpacklo_epi64(chi, dhi));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + (4 * q + 3) * ldd), _mm_unpackhi_epi64(chi, dhi));
+  }
+}
+#endif
+
+}  // namespace
+
+// One image [C][HW] (bytes xor `flip`) -> [HW][C] int8, and its per-pixel group sums.
+void to_nhwc(const int8_t* src, int64_t c, int64_t hw, int64_t groups, uint8_t flip, int8_t* dst,
+             int32_t* psum) {
+  int64_t c0 = 0;
+#if defined(__SSE2__)
+  for (; c0 + 16 <= c; c0 += 16) {
+    int64_t p0 = 0;
+    for (; p0 + 16 <= hw; p0 += 16) transpose16(src + c0 * hw + p0, hw, dst + p0 * c + c0, c, flip);
+    for (; p0 < hw; ++p0)
+      for (int64_t i = c0; i < c0 + 16; ++i)
+        dst[p0 * c + i] = static_cast<int8_t>(static_cast<uint8_t>(src[i * hw + p0]) ^ flip);
+  }
+#endif
+  for (; c0 < c; ++c0)
+    for (int64_t p = 0; p < hw; ++p)
+      dst[p * c + c0] = static_cast<int8_t>(static_cast<uint8_t>(src[c0 * hw + p]) ^ flip);
+  const int64_t cg = c / groups;
+  for (int64_t p = 0; p < hw; ++p)
+    for (int64_t g = 0; g < groups; ++g) {
+      int32_t sum = 0;
+      for (int64_t i = 0; i < cg; ++i) sum += dst[p * c + g * cg + i];
+      psum[p * groups + g] = sum;
+    }
+}
+
+namespace {
+
 // xn: int8 NHWC input, real value (xn - a_offset) * img_scale[b].
-void conv_driver(const int8_t* xn, const float* img_scale, int32_t a_offset, const ConvShape& s,
-                 const uint8_t* packed, const float* scales, const float* bias, float* y, int t,
-                 const Kernels& kn) {
+void conv_driver(const int8_t* xn, const int32_t* psum, const float* img_scale, int32_t a_offset,
+                 const ConvShape& s, const uint8_t* packed, const float* scales, const float* bias,
+                 float* y, int t, const Kernels& kn) {
   ConvPlan pl{&s, conv_out_h(s), conv_out_w(s), s.c_in / s.groups, s.c_out / s.groups, 0, 0, 0};
   pl.k = pl.cg * s.kh * s.kw;
   pl.kc = std::max<int64_t>(1, (pl.k + kChunk - 1) / kChunk);
   pl.lda = pl.kc * kChunk;
-  const GroupMode gm{1, pl.kc};
-  const std::vector<uint8_t> wp = repack_weights(s, packed, pl.kc);
-  std::vector<int8_t> ones(static_cast<size_t>(pl.lda), 0);
-  std::fill(ones.begin(), ones.begin() + pl.k, int8_t{1});
-  int32_t ones_corr[2] = {0, 0};
-  kn.group_sums(ones.data(), pl.kc, gm, ones_corr);
-
+  const int64_t n_pad = (pl.og + kNr - 1) / kNr * kNr;
+  std::vector<int32_t> cw;
+  const std::vector<uint8_t> wx = expand_weights(s, packed, pl.kc, n_pad, &cw);
+  for (int32_t& v : cw) v *= a_offset;
+  std::vector<float> sc(static_cast<size_t>(s.groups * n_pad), 0.0f);
+  std::vector<float> bs(static_cast<size_t>(s.groups * n_pad), 0.0f);
+  for (int64_t co = 0; co < s.c_out; ++co) {
+    sc[(co / pl.og) * n_pad + co % pl.og] = scales[co];
+    if (bias) bs[(co / pl.og) * n_pad + co % pl.og] = bias[co];
+  }
+  const Im2colFn gather = pick_im2col(pl.cg);
   const int64_t pixels = pl.oh * pl.ow;
   const int64_t pblocks = (pixels + kRowsPerBlock - 1) / kRowsPerBlock;
   parallel_for(s.batch * s.groups * pblocks, t, [&](int64_t task) {
@@ -100,18 +208,18 @@ void conv_driver(const int8_t* xn, const float* img_scale, int32_t a_offset, con
     const int64_t rows = std::min(kRowsPerBlock, pixels - p0);
     static thread_local std::vector<int8_t> a;
     static thread_local std::vector<int32_t> corr;
-    a.resize(static_cast<size_t>(kRowsPerBlock * pl.lda));
-    corr.resize(static_cast<size_t>(kRowsPerBlock + 1));
-    im2col(pl, xn, b, g, p0, rows, static_cast<int8_t>(a_offset), a.data());
-    for (int64_t r = 0; r < rows; ++r) kn.group_sums(a.data() + r * pl.lda, pl.kc, gm, &corr[r]);
-    float rsv[kRowsPerBlock];
-    std::fill(rsv, rsv + rows, img_scale[b]);
-    const WeightSpec ws{wp.data() + g * pl.og * pl.kc * kChunkBytes, pl.kc * kChunkBytes,
-                        pl.kc * kChunkBytes, pl.og, pl.k, pl.kc, gm, scales + g * pl.og,
-                        s.c_out, bias ? bias + g * pl.og : nullptr, a_offset};
-    float* yb = y + (b * s.c_out + g * pl.og) * pixels + p0;
-    gemm_rows(kn, ws, rows, a.data(), pl.lda, corr.data(), rsv, 0, pl.og, yb, 1, pixels,
-              ones.data(), ones_corr);
+    static thread_local int64_t a_k = -1;
+    if (a_k != pl.k || a.size() != static_cast<size_t>(kRowsPerBlock * pl.lda)) {
+      a.assign(static_cast<size_t>(kRowsPerBlock * pl.lda), 0);  // row tails stay zero
+      a_k = pl.k;
+    }
+    corr.resize(static_cast<size_t>(kRowsPerBlock), 0);  // whole groups of 8 rows
+    gather(pl, xn, psum, b, g, p0, rows, static_cast<int8_t>(a_offset), a.data(), corr.data());
+    const ConvBlockArgs cb{a.data(), pl.lda, corr.data(), wx.data() + g * n_pad * pl.lda, pl.kc,
+                           n_pad, pl.og, a_offset ? cw.data() + g * n_pad : nullptr,
+                           sc.data() + g * n_pad, bias ? bs.data() + g * n_pad : nullptr,
+                           img_scale[b], y + (b * s.c_out + g * pl.og) * pixels + p0, pixels};
+    kn.conv_block(rows, cb);
   });
 }
 
@@ -124,16 +232,17 @@ void conv2d_int4_f32(const float* x, const ConvShape& s, const uint8_t* packed,
   const int t = resolve_threads(threads);
   const int64_t chw = s.c_in * s.h * s.w, hw = s.h * s.w;
   std::vector<int8_t> xn(static_cast<size_t>(s.batch * chw));
+  std::vector<int32_t> psum(static_cast<size_t>(s.batch * hw * s.groups));
   std::vector<float> img_scale(static_cast<size_t>(s.batch));
   detail::parallel_for(s.batch, t, [&](int64_t b) {
     std::vector<int8_t> q(static_cast<size_t>(chw));
     img_scale[b] = detail::row_scale(kn.absmax(x + b * chw, chw));
     kn.quantize(x + b * chw, chw, img_scale[b], q.data());
-    int8_t* dst = xn.data() + b * chw;
-    for (int64_t c = 0; c < s.c_in; ++c)
-      for (int64_t p = 0; p < hw; ++p) dst[p * s.c_in + c] = q[c * hw + p];
+    detail::to_nhwc(q.data(), s.c_in, hw, s.groups, 0, xn.data() + b * chw,
+                    psum.data() + b * hw * s.groups);
   });
-  detail::conv_driver(xn.data(), img_scale.data(), 0, s, packed, scales, bias, y, t, kn);
+  detail::conv_driver(xn.data(), psum.data(), img_scale.data(), 0, s, packed, scales, bias, y, t,
+                      kn);
 }
 
 void conv2d_int4_q8(const void* xq, bool is_unsigned, float x_scale, int32_t zero_point,
@@ -144,16 +253,15 @@ void conv2d_int4_q8(const void* xq, bool is_unsigned, float x_scale, int32_t zer
   const int64_t chw = s.c_in * s.h * s.w, hw = s.h * s.w;
   const uint8_t flip = is_unsigned ? 0x80 : 0x00;  // uint8 v -> int8 v - 128
   std::vector<int8_t> xn(static_cast<size_t>(s.batch * chw));
+  std::vector<int32_t> psum(static_cast<size_t>(s.batch * hw * s.groups));
   std::vector<float> img_scale(static_cast<size_t>(s.batch), x_scale);
   detail::parallel_for(s.batch, t, [&](int64_t b) {
-    const uint8_t* src = static_cast<const uint8_t*>(xq) + b * chw;
-    int8_t* dst = xn.data() + b * chw;
-    for (int64_t c = 0; c < s.c_in; ++c)
-      for (int64_t p = 0; p < hw; ++p)
-        dst[p * s.c_in + c] = static_cast<int8_t>(src[c * hw + p] ^ flip);
+    detail::to_nhwc(static_cast<const int8_t*>(xq) + b * chw, s.c_in, hw, s.groups, flip,
+                    xn.data() + b * chw, psum.data() + b * hw * s.groups);
   });
   const int32_t offset = is_unsigned ? zero_point - 128 : zero_point;
-  detail::conv_driver(xn.data(), img_scale.data(), offset, s, packed, scales, bias, y, t, kn);
+  detail::conv_driver(xn.data(), psum.data(), img_scale.data(), offset, s, packed, scales, bias, y,
+                      t, kn);
 }
 
 }  // namespace zerop

@@ -65,8 +65,38 @@ void quantize_avx2(const float* x, int64_t n, float s, int8_t* q);
 float absmax_scalar(const float* x, int64_t n);
 float absmax_avx2(const float* x, int64_t n);
 
+// Convolution block: `rows` gathered rows (natural K order, kc*64 int8 each, zero padded) against
+// all columns of weights expanded to bytes w + 8 ([n_pad][kc*64], n_pad a multiple of kNr).
+// y[r + n * y_col] = (float(S - cw[n]) * sc[n]) * rs + bias[n] for n < n_real, S exact as above.
+struct ConvBlockArgs {
+  const int8_t* a;
+  int64_t lda;
+  const int32_t* corr;  // [rows]: 8 * sum of the row (AVX2 path)
+  const uint8_t* w;
+  int64_t kc;
+  int64_t n_pad, n_real;
+  const int32_t* cw;  // [n_pad] c * sum_k w, or null
+  const float* sc;    // [n_pad]
+  const float* bias;  // [n_pad] or null
+  float rs;
+  float* y;
+  int64_t y_col;
+};
+using ConvBlockFn = void (*)(int64_t rows, const ConvBlockArgs& b);
+void conv_block_scalar(int64_t rows, const ConvBlockArgs& b);
+void conv_block_avx2(int64_t rows, const ConvBlockArgs& b);
+
+// The conv epilogue of one value (the float steps of the matmul path with one group).
+inline float conv_value(int32_t s, int32_t cw, float sc, float rs, const float* bias, int64_t n) {
+  float y = static_cast<float>(s - cw) * sc;
+  y = y * rs;
+  if (bias) y = y + bias[n];
+  return y;
+}
+
 struct Kernels {
   BlockFn block;
+  ConvBlockFn conv_block;
   void (*group_sums)(const int8_t*, int64_t, const GroupMode&, int32_t*);
   void (*quantize)(const float*, int64_t, float, int8_t*);
   float (*absmax)(const float*, int64_t);

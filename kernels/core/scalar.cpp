@@ -47,6 +47,18 @@ void block_scalar(int rows, const BlockArgs& b) {
   }
 }
 
+void conv_block_scalar(int64_t rows, const ConvBlockArgs& b) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const int8_t* ar = b.a + r * b.lda;
+    for (int64_t n = 0; n < b.n_real; ++n) {
+      const uint8_t* wr = b.w + n * b.kc * kChunk;
+      int32_t s = 0;
+      for (int64_t k = 0; k < b.kc * kChunk; ++k) s += (static_cast<int32_t>(wr[k]) - 8) * ar[k];
+      b.y[r + n * b.y_col] = conv_value(s, b.cw ? b.cw[n] : 0, b.sc[n], b.rs, b.bias, n);
+    }
+  }
+}
+
 void group_sums_scalar(const int8_t* a, int64_t kc, const GroupMode& gm, int32_t* corr) {
   std::fill(corr, corr + gm.groups, 0);
   for (int64_t c = 0; c < kc; ++c) {
@@ -79,8 +91,8 @@ void epilogue(const float* yacc, float rs, const float* bias, float out[kNr]) {
 }
 
 const Kernels& kernels_for(Impl impl) {
-  static const Kernels scalar{block_scalar, group_sums_scalar, quantize_scalar, absmax_scalar};
-  static const Kernels avx2{block_avx2, group_sums_avx2, quantize_avx2, absmax_avx2};
+  static const Kernels scalar{block_scalar, conv_block_scalar, group_sums_scalar, quantize_scalar, absmax_scalar};
+  static const Kernels avx2{block_avx2, conv_block_avx2, group_sums_avx2, quantize_avx2, absmax_avx2};
   if (impl == Impl::kScalar || !cpu_has_avx2()) return scalar;
   return avx2;
 }
