@@ -269,6 +269,40 @@ def test_fold_constant_weights_leaves_other_graphs_alone():
     assert fold_constant_weights(model) is model
 
 
+@pytest.mark.parametrize("opset", [14, 18])
+def test_prepare_drops_inert_allowzero_for_onnx2torch_reshape14(opset):
+    from zerop_deploy.convert.prepare import prepare_for_onnx2torch
+    from zerop_deploy.errors import UnsupportedModelError
+    from zerop_deploy.load import convert_model
+
+    model = one_node_model(
+        "Reshape", {"x": (2, 3, 4)}, (2, 12), opset=opset,
+        initializers={"shape": np.array([2, -1], dtype=np.int64)}, attrs={"allowzero": 1},
+    )
+    with pytest.raises(UnsupportedModelError, match="allowzero"):
+        convert_model(model)  # onnx2torch's Reshape-14 refuses allowzero=1
+    prepared = prepare_for_onnx2torch(model)
+    assert prepared.graph.node[0].attribute[0].i == 0
+    assert model.graph.node[0].attribute[0].i == 1  # the input is not modified
+    assert_ort_matches_torch(prepared)
+
+
+def test_prepare_keeps_allowzero_when_the_shape_has_a_zero():
+    from zerop_deploy.convert.prepare import prepare_for_onnx2torch
+
+    model = one_node_model(
+        "Reshape", {"x": (2, 3)}, (2, 3), opset=18,
+        initializers={"shape": np.array([0, 3], dtype=np.int64)}, attrs={"allowzero": 0},
+    )
+    assert prepare_for_onnx2torch(model) is model
+
+
+@pytest.mark.parametrize("perm", [[0, 2, 3, 1], [0, 3, 1, 2], [1, 0, 2, 3]])
+def test_transpose21(perm):
+    model = one_node_model("Transpose", {"x": (2, 3, 4, 5)}, None, opset=21, attrs={"perm": perm})
+    assert_ort_matches_torch(model)
+
+
 # --------------------------------------------------------------------------------------------------
 # end to end: torch's default (dynamo) exporter
 # --------------------------------------------------------------------------------------------------

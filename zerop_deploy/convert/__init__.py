@@ -2,7 +2,8 @@
 
 One file per op, named ``convert_<op>``; importing this package registers them all. Each converter has a
 test in ``tests/test_convert.py`` that builds a one-node model and compares onnxruntime with PyTorch.
-:mod:`zerop_deploy.convert.fold` is a pre-pass that turns computed weights into initializers.
+:func:`zerop_deploy.convert.prepare.prepare_for_onnx2torch` is a pre-pass (weights computed by
+Identity/ConstantOfShape become initializers; inert ``allowzero=1`` on Reshape is dropped).
 """
 
 from zerop_deploy.convert import convert_reducemax, convert_reducemean, convert_reducemin  # noqa: F401
@@ -12,4 +13,5 @@ from zerop_deploy.convert import (  # noqa: F401
     convert_gelu,
     convert_reshape,
     convert_split,
+    convert_transpose,
 )
