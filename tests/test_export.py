@@ -505,3 +505,30 @@ def test_all_zero_channel_gets_a_usable_scale(cnn_bn):
     assert stored[2] == s.max() and np.array_equal(np.delete(stored, 2), np.delete(s, 2))
     out = export_qdq(cnn_bn, layers, int32_bias=True)  # 1e-12 would overflow int32
     assert_matches_simulation(cnn_bn, out, layers, feeds, int32_bias=True)
+
+
+def test_int4_upgrade_rewrites_reducemean_and_keeps_names():
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("ReduceMean", ["c"], ["y"], name="mean", axes=[2, 3], keepdims=0),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", 1, ["N", 3, 5, 5])],
+        [helper.make_tensor_value_info("y", 1, ["N", 4])],
+        [w],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    feeds = random_inputs(model, batch=3)
+    layers = make_layers(model, feeds, wbits=4, abits=4)
+    out = export_qdq(model, layers)
+    assert [i.version for i in out.opset_import if i.domain == ""] == [21]
+    mean = next(n for n in out.graph.node if n.op_type == "ReduceMean")
+    assert mean.name == "mean" and len(mean.input) == 2  # axes became an input (ReduceMean-18)
+    added = [n for n in out.graph.node if n.op_type == "Constant"]
+    assert len(added) == 1 and added[0].name  # the converter's node gets a deterministic name
+    assert_matches_simulation(model, out, layers, feeds)

@@ -163,17 +163,21 @@ def test_bad_arguments(files, tmp_path):
 @pytest.mark.shared
 @pytest.mark.slow
 def test_resnet20_max_abs_w8a8_keeps_accuracy(tmp_path):
+    """Plain max-abs W8A8 (no training), calibrated on natural-image patches (zero-shot setting)."""
     model_path = shared_path("models", "resnet20_cifar10.onnx")
-    data_path = shared_path("data", "cifar10_test.npz")
-    if not model_path.exists() or not data_path.exists():
+    test_path = shared_path("data", "cifar10_test.npz")
+    proxy_path = shared_path("data", "natural_patches_5k.npz")
+    if not all(p.exists() for p in (model_path, test_path, proxy_path)):
         pytest.skip("../shared models/data are not present")
     from zerop_deploy.load import read_model
 
-    data = np.load(data_path)
-    images = (data["images"][:500].astype(np.float32) / 255.0).transpose(0, 3, 1, 2).copy()
-    labels = data["labels"][:500].astype(np.int64)
+    def nchw(x):
+        return (x.astype(np.float32) / 255.0).transpose(0, 3, 1, 2).copy()
+
+    data = np.load(test_path)
+    images, labels = nchw(data["images"][:500]), data["labels"][:500].astype(np.int64)
+    calib = {"input": nchw(np.load(proxy_path)["images"][::40][:128])}
     proto = read_model(model_path)
-    calib = {"input": images[:64]}
     out = tmp_path / "r20.int8.onnx"
     save_qdq(export_qdq(proto, make_layers(proto, calib, wbits=8, abits=8)), out)
     doc = validate(out, model_path, images=images, labels=labels)
