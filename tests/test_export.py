@@ -532,3 +532,15 @@ def test_int4_upgrade_rewrites_reducemean_and_keeps_names():
     added = [n for n in out.graph.node if n.op_type == "Constant"]
     assert len(added) == 1 and added[0].name  # the converter's node gets a deterministic name
     assert_matches_simulation(model, out, layers, feeds)
+
+
+def test_layer_without_act_keeps_a_float_input(zoo):
+    feeds = random_inputs(zoo, batch=3)
+    layers = [
+        _replace(lq, act=None) if lq.node in ("conv_a", "conv_b") else lq
+        for lq in make_layers(zoo, feeds, wbits=4, abits=8)
+    ]
+    out = export_qdq(zoo, layers)
+    assert not [n for n in out.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "x"]
+    assert {n.input[0] for n in out.graph.node if n.name in ("conv_a", "conv_b")} == {"x"}
+    assert_matches_simulation(zoo, out, layers, feeds)
