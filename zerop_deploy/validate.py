@@ -1,9 +1,10 @@
 """onnxruntime checks of an exported model: agreement with fp32 and with the student, accuracy.
 
 Every model runs on onnxruntime's CPU provider with its default optimisations, which is what a
-user of the exported file gets. Models are given as a path (read with :func:`zerop_deploy.load.read_model`,
-so external data is loaded safely) or as a ModelProto; images are float32 NCHW, already preprocessed
-the way the model expects. The logits are the model's first output.
+user of the exported file gets. Models are given as a path (read with
+:func:`zerop_deploy.load.read_model`, so external data is loaded safely) or as a ModelProto; images
+are float32 NCHW, already preprocessed the way the model expects. The logits are the model's first
+output.
 
 :func:`validate` builds the document of ``zerop-deploy validate``::
 
