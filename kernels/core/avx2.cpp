@@ -164,12 +164,34 @@ ZEROP_AVX2 __attribute__((always_inline)) inline void conv_rows8(const ConvBlock
   for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_si256();
   const int8_t* a = b.a + r0 * b.lda;
   const uint8_t* w = b.w + n * ldw;
-  for (int64_t c = 0; c < ldw; c += kChunk) {
+  const int64_t full = b.k / kChunk * kChunk;  // chunks past `full` hold at most K % 64 values
+  for (int64_t c = 0; c < full; c += kChunk) {
     const __m256i wl = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + c));
     const __m256i wh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + c + 32));
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       const int8_t* ar = a + r * b.lda + c;
+      const __m256i p = _mm256_add_epi16(
+          _mm256_maddubs_epi16(wl, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ar))),
+          _mm256_maddubs_epi16(wh, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ar + 32))));
+      acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(p, ones));
+    }
+  }
+  if (full < ldw && b.k - full <= 32) {  // a last half chunk: its upper 32 values are padding
+    const __m256i wl = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + full));
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const int8_t* ar = a + r * b.lda + full;
+      const __m256i p =
+          _mm256_maddubs_epi16(wl, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ar)));
+      acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(p, ones));
+    }
+  } else if (full < ldw) {
+    const __m256i wl = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + full));
+    const __m256i wh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + full + 32));
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const int8_t* ar = a + r * b.lda + full;
       const __m256i p = _mm256_add_epi16(
           _mm256_maddubs_epi16(wl, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ar))),
           _mm256_maddubs_epi16(wh, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ar + 32))));

@@ -216,7 +216,7 @@ void conv_driver(const int8_t* xn, const int32_t* psum, const float* img_scale, 
     corr.resize(static_cast<size_t>(kRowsPerBlock), 0);  // whole groups of 8 rows
     gather(pl, xn, psum, b, g, p0, rows, static_cast<int8_t>(a_offset), a.data(), corr.data());
     const ConvBlockArgs cb{a.data(), pl.lda, corr.data(), wx.data() + g * n_pad * pl.lda, pl.kc,
-                           n_pad, pl.og, a_offset ? cw.data() + g * n_pad : nullptr,
+                           pl.k, n_pad, pl.og, a_offset ? cw.data() + g * n_pad : nullptr,
                            sc.data() + g * n_pad, bias ? bs.data() + g * n_pad : nullptr,
                            img_scale[b], y + (b * s.c_out + g * pl.og) * pixels + p0, pixels};
     kn.conv_block(rows, cb);

@@ -73,7 +73,7 @@ struct ConvBlockArgs {
   int64_t lda;
   const int32_t* corr;  // [rows]: 8 * sum of the row (AVX2 path)
   const uint8_t* w;
-  int64_t kc;
+  int64_t kc, k;  // chunks per row; real K (a last chunk with K - 64c <= 32 is half zero)
   int64_t n_pad, n_real;
   const int32_t* cw;  // [n_pad] c * sum_k w, or null
   const float* sc;    // [n_pad]
