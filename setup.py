@@ -20,7 +20,7 @@ CORE = Path("kernels") / "core"
 SOURCES = [
     str(Path("kernels") / "bindings" / "module.cpp"),
     *(str(CORE / name) for name in ("avx2.cpp", "conv.cpp", "matmul.cpp", "scalar.cpp",
-                                     "thread_pool.cpp")),
+                                     "thread_pool.cpp", "vnni.cpp")),
 ]
 HINT = (
     "install a C++17 compiler (g++ >= 9, e.g. `apt-get install g++`) and reinstall zerop-deploy "
@@ -78,8 +78,8 @@ def _extensions() -> list:
             sorted(SOURCES),
             include_dirs=[str(CORE)],
             cxx_std=17,
-            # No -mavx2: only the AVX2 functions carry target attributes, so the module still loads
-            # on older CPUs. No FMA contraction: the float epilogue must round like numpy.
+            # No -mavx2: only the AVX2/VNNI functions carry target attributes, so the module still
+            # loads on older CPUs. No FMA contraction: the float epilogue must round like numpy.
             extra_compile_args=["-O3", "-ffp-contract=off", "-pthread"],
             extra_link_args=["-pthread"],
         )

@@ -14,7 +14,7 @@ from zerop_deploy.quant.primitives import matmul_int4_reference, pack_int4, unpa
 needs_kernels = pytest.mark.skipif(
     not kernels.available(), reason="native kernels not built (no C++17 compiler at install time)"
 )
-IMPLS = ["scalar"] + (["avx2"] if kernels.cpu_features()["avx2"] else [])
+IMPLS = ["scalar"] + [name for name, ok in kernels.cpu_features().items() if ok]
 
 
 def _case(rng, m, k, n, group_size, *, bias=True):

@@ -290,6 +290,7 @@ def format_bench(doc: dict[str, Any]) -> str:
     e2e = doc["end_to_end"]
     lines = [f"model: {doc['model']}  (batch {doc['batch']}, {doc['threads']} threads, "
              f"int4 kernels: {'yes' if doc['kernels']['available'] else 'not built'}"
+             f"{', AVX512-VNNI' if doc['kernels'].get('avx512vnni') else ''}"
              f"{', AVX2' if doc['kernels'].get('avx2') else ''})",
              f"end to end, onnxruntime: fp32 {e2e['fp32_ms']:.3f} ms"
              + (f", QDQ {e2e['qdq_ms']:.3f} ms ({doc['qdq_model']})" if e2e["qdq_ms"] else "")]

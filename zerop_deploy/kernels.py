@@ -11,9 +11,9 @@ Worked example (one row, per-channel scales)::
     w = [[1, 2, -3]], scales = [0.1]   -> sum q*w = 64 - 254 - 96 = -286
     y = -286 * 0.1 * (1 / 127)        = -0.2252
 
-Implementation choice: ``impl="auto"`` (the default, or the ``ZEROP_KERNELS_IMPL`` environment variable)
-runs the AVX2 path when the CPU has AVX2 and FMA, else the portable scalar path; ``"scalar"`` forces the
-reference path. Both give identical results.
+Implementation choice: ``impl="auto"`` (the default, or the ``ZEROP_KERNELS_IMPL`` environment
+variable) runs the fastest path the CPU has: ``"avx512vnni"`` (vpdpbusd on 256-bit vectors), else
+``"avx2"`` (AVX2 + FMA), else ``"scalar"``, the portable reference path. All give identical results.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ except ImportError as _exc:  # not built: no C++ compiler at install time, or th
 else:
     _IMPORT_ERROR = None
 
-_IMPLS = ("auto", "scalar", "avx2")
+_IMPLS = ("auto", "scalar", "avx2", "avx512vnni")
 
 __all__ = [
     "KernelsUnavailableError",
@@ -57,8 +57,10 @@ def available() -> bool:
 
 
 def cpu_features() -> dict[str, bool]:
-    """Return which SIMD paths the kernels can use here (``{"avx2": ...}``)."""
-    return {"avx2": bool(_native is not None and _native.cpu_has_avx2())}
+    """Return which SIMD paths the kernels can use here (``{"avx2": ..., "avx512vnni": ...}``)."""
+    if _native is None:
+        return {"avx2": False, "avx512vnni": False}
+    return {"avx2": bool(_native.cpu_has_avx2()), "avx512vnni": bool(_native.cpu_has_vnni())}
 
 
 def _lib():  # type: ignore[no-untyped-def]
@@ -92,8 +94,8 @@ def _impl(impl: str | None) -> str:
     name = impl if impl is not None else os.environ.get("ZEROP_KERNELS_IMPL", "auto")
     if name not in _IMPLS:
         raise ValueError(f"impl must be one of {_IMPLS}, got {name!r}")
-    if name == "avx2" and not cpu_features()["avx2"]:
-        raise ValueError("impl='avx2' was requested but this CPU has no AVX2+FMA")
+    if name not in ("auto", "scalar") and not cpu_features()[name]:
+        raise ValueError(f"impl={name!r} was requested but this CPU does not support it")
     return name
 
 
@@ -148,7 +150,8 @@ def matmul_int4(x: np.ndarray, packed: np.ndarray, scales: np.ndarray, *,
         bias: Optional float32 ``[N]``.
         group_size: 0 (per output channel), 32, or a multiple of 64.
         threads: Worker threads, 0 = all cores.
-        impl: ``"auto"``, ``"scalar"`` or ``"avx2"`` (default: ``$ZEROP_KERNELS_IMPL`` or auto).
+        impl: ``"auto"``, ``"scalar"``, ``"avx2"`` or ``"avx512vnni"`` (default:
+            ``$ZEROP_KERNELS_IMPL`` or auto).
 
     Returns:
         float32 ``[M, N]``, equal to ``quant.primitives.matmul_int4_reference``.
@@ -292,7 +295,7 @@ def conv2d_int4(x: np.ndarray, packed: np.ndarray, scales: np.ndarray, *,
         dilation: An int or (dH, dW).
         groups: Channel groups (``groups == C_in`` is a depthwise convolution).
         threads: Worker threads, 0 = all cores.
-        impl: ``"auto"``, ``"scalar"`` or ``"avx2"``.
+        impl: ``"auto"``, ``"scalar"``, ``"avx2"`` or ``"avx512vnni"``.
 
     Returns:
         float32 ``[B, C_out, H_out, W_out]``.

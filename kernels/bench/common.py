@@ -12,9 +12,16 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 
+SPIN = False
+"""Whether onnxruntime's idle worker threads spin (its default) or sleep between runs. Spinning
+threads keep burning the cores after a run, which slows whatever is timed next in the same process
+(our kernel, or another session) on a 2-core machine; the benchmarks turn it off unless --ort-spin."""
+
+
 def session(model: onnx.ModelProto, threads: int) -> ort.InferenceSession:
     """An onnxruntime CPU session with a fixed intra-op thread count."""
     so = ort.SessionOptions()
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if SPIN else "0")
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

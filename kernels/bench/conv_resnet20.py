@@ -20,6 +20,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
 from common import interleaved_median, session  # noqa: E402
 
 from zerop_deploy import kernels  # noqa: E402
@@ -86,7 +87,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--ort-spin", action="store_true", help="let onnxruntime's idle threads spin")
     args = ap.parse_args()
+    common.SPIN = args.ort_spin
     specs = model_convs(MODEL) if MODEL.exists() else standard_convs()
     source = str(MODEL) if MODEL.exists() else "standard shapes, random weights"
     rng = np.random.default_rng(0)

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
 from common import interleaved_median, matmul_fp32_model, matmul_nbits_model, session  # noqa: E402
 
 from zerop_deploy import kernels  # noqa: E402
@@ -82,7 +83,9 @@ def main() -> None:
     ap.add_argument("--blocks", type=int, nargs="+", default=[32, 64, 128])
     ap.add_argument("--cache", choices=["hot", "cold", "both"], default="both")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--ort-spin", action="store_true", help="let onnxruntime's idle threads spin")
     args = ap.parse_args()
+    common.SPIN = args.ort_spin
     rng = np.random.default_rng(0)
     bw = read_bandwidth(args.threads)
     print(f"read bandwidth, {args.threads} threads: C++ loop {bw['cpp_read_gbs']:.1f} GB/s, "

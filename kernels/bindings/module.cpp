@@ -20,7 +20,9 @@ zerop::Impl impl_from(const std::string& name) {
   if (name == "auto") return zerop::Impl::kAuto;
   if (name == "scalar") return zerop::Impl::kScalar;
   if (name == "avx2") return zerop::Impl::kAvx2;
-  throw std::invalid_argument("impl must be 'auto', 'scalar' or 'avx2', got '" + name + "'");
+  if (name == "avx512vnni") return zerop::Impl::kVnni;
+  throw std::invalid_argument("impl must be 'auto', 'scalar', 'avx2' or 'avx512vnni', got '" + name +
+                              "'");
 }
 
 const float* opt_ptr(const py::object& a) {
@@ -98,6 +100,7 @@ uint64_t read_probe(U8 buf, int threads) {
 PYBIND11_MODULE(_kernels, m) {
   m.doc() = "Native packed-int4 kernels (see zerop_deploy.kernels for the documented API).";
   m.def("cpu_has_avx2", &zerop::cpu_has_avx2);
+  m.def("cpu_has_vnni", &zerop::cpu_has_vnni);
   m.def("resolve_threads", &zerop::resolve_threads);
   m.def("matmul_f32", &matmul_f32);
   m.def("matmul_q8", &matmul_q8);

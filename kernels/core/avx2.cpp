@@ -28,11 +28,6 @@ bool cpu_has_avx2() {
 namespace detail {
 namespace {
 
-// [sum over the low 128 bits of acc[j] for j=0..3 | the same for the high 128 bits].
-ZEROP_AVX2 inline __m256i reduce4(const __m256i* acc) {
-  return _mm256_hadd_epi32(_mm256_hadd_epi32(acc[0], acc[1]), _mm256_hadd_epi32(acc[2], acc[3]));
-}
-
 // Integer product of R activation rows with kNr weight rows over chunks [c0, c1) of one group,
 // added to acc. Pairs of chunks are summed in int16 before widening (4 * 3840 < 32767).
 template <int R, bool kSingle>
@@ -72,57 +67,18 @@ ZEROP_AVX2 inline void accumulate(const int8_t* a, int64_t lda, const uint8_t* w
   }
 }
 
-// Hands the group sums s4 (4 columns, corr already subtracted) of row r, group g to the output:
-// stored as integers, or scaled and added to the row's float accumulator in group order.
-ZEROP_AVX2 inline void emit(const BlockArgs& b, int r, int64_t g, __m128i s4, __m128* y) {
-  if (!b.sc) {
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(b.out + r * b.ldout + g * kNr), s4);
-    return;
-  }
-  if (b.cw) s4 = _mm_sub_epi32(s4, _mm_loadu_si128(reinterpret_cast<const __m128i*>(b.cw + g * kNr)));
-  y[r] = _mm_add_ps(y[r], _mm_mul_ps(_mm_cvtepi32_ps(s4), _mm_loadu_ps(b.sc + g * b.ldsc)));
+// acc += the u8 x s8 products of 64 bytes (wl with a[0..32), wh with a[32..64)), in int32.
+ZEROP_AVX2 inline __m256i dot2(__m256i acc, __m256i wl, __m256i wh, const int8_t* a) {
+  const __m256i p = _mm256_add_epi16(
+      _mm256_maddubs_epi16(wl, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a))),
+      _mm256_maddubs_epi16(wh, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + 32))));
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(p, _mm256_set1_epi16(1)));
 }
 
-template <int R>
-ZEROP_AVX2 void block_rows(const BlockArgs& b) {
-  // Locals, so that the stores below cannot be assumed to alias them.
-  const int8_t* const a = b.a;
-  const uint8_t* const w = b.w;
-  const int64_t lda = b.lda, ldw = b.ldw, kc = b.kc, gc = b.gm.group_chunks, groups = b.gm.groups;
-  __m256i acc[R][kNr];
-  __m128 y[R];
-  for (int r = 0; r < R; ++r) y[r] = _mm_setzero_ps();
-  auto reset = [&acc]() ZEROP_AVX2 {
-    for (int r = 0; r < R; ++r)
-      for (int j = 0; j < kNr; ++j) acc[r][j] = _mm256_setzero_si256();
-  };
-  if (gc == 0) {  // groups of 32: the two 128-bit halves are groups 2c and 2c+1
-    for (int64_t c = 0; c < kc; ++c) {
-      reset();
-      accumulate<R, true>(a, lda, w, ldw, c, c + 1, acc);
-      for (int r = 0; r < R; ++r) {
-        const int32_t* cr = b.corr + r * b.ldcorr;
-        const __m256i s = reduce4(acc[r]);
-        emit(b, r, 2 * c, _mm_sub_epi32(_mm256_castsi256_si128(s), _mm_set1_epi32(cr[2 * c])), y);
-        if (2 * c + 1 < groups) {
-          const __m128i hi = _mm256_extracti128_si256(s, 1);
-          emit(b, r, 2 * c + 1, _mm_sub_epi32(hi, _mm_set1_epi32(cr[2 * c + 1])), y);
-        }
-      }
-    }
-  } else {
-    for (int64_t g = 0, c0 = 0; c0 < kc; ++g, c0 += gc) {
-      reset();
-      accumulate<R, false>(a, lda, w, ldw, c0, std::min(kc, c0 + gc), acc);
-      for (int r = 0; r < R; ++r) {
-        const __m256i s = reduce4(acc[r]);
-        const __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
-        emit(b, r, g, _mm_sub_epi32(s4, _mm_set1_epi32(b.corr[r * b.ldcorr + g])), y);
-      }
-    }
-  }
-  if (b.sc)
-    for (int r = 0; r < R; ++r) _mm_storeu_ps(b.yacc + r * kNr, y[r]);
+ZEROP_AVX2 inline __m256i dot1(__m256i acc, __m256i wl, const int8_t* a) {
+  const __m256i p =
+      _mm256_maddubs_epi16(wl, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a)));
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(p, _mm256_set1_epi16(1)));
 }
 
 // Sums of 8-byte runs of int8 values, as 4 int64 lanes (bytes biased to unsigned and corrected).
@@ -133,94 +89,13 @@ ZEROP_AVX2 inline __m256i sad_sum(__m256i v) {
 
 }  // namespace
 
-ZEROP_AVX2 void block_avx2(int rows, const BlockArgs& b) {
-  if (rows == 2) {
-    block_rows<2>(b);
-  } else {
-    block_rows<1>(b);
-  }
-}
-
-namespace {
-
-// [sum of acc[0], ..., sum of acc[7]]: eight horizontal sums in one vector.
-ZEROP_AVX2 inline __m256i reduce8(const __m256i* acc) {
-  const __m256i h0 = _mm256_hadd_epi32(_mm256_hadd_epi32(acc[0], acc[1]),
-                                       _mm256_hadd_epi32(acc[2], acc[3]));
-  const __m256i h1 = _mm256_hadd_epi32(_mm256_hadd_epi32(acc[4], acc[5]),
-                                       _mm256_hadd_epi32(acc[6], acc[7]));
-  return _mm256_add_epi32(_mm256_permute2x128_si256(h0, h1, 0x20),
-                          _mm256_permute2x128_si256(h0, h1, 0x31));
-}
-
-// Eight gathered rows (consecutive output pixels) against one weight column n; only the first
-// `valid` rows are stored. The eight results of a column are contiguous in the NCHW output.
-ZEROP_AVX2 __attribute__((always_inline)) inline void conv_rows8(const ConvBlockArgs& b, int64_t r0, int64_t valid, int64_t n) {
-  constexpr int R = 8;
-  const __m256i ones = _mm256_set1_epi16(1);
-  const int64_t ldw = b.kc * kChunk;
-  __m256i acc[R];
-#pragma GCC unroll 8
-  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_si256();
-  const int8_t* a = b.a + r0 * b.lda;
-  const uint8_t* w = b.w + n * ldw;
-  const int64_t full = b.k / kChunk * kChunk;  // chunks past `full` hold at most K % 64 values
-  for (int64_t c = 0; c < full; c += kChunk) {
-    const __m256i wl = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + c));
-    const __m256i wh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + c + 32));
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) {
-      const int8_t* ar = a + r * b.lda + c;
-      const __m256i p = _mm256_add_epi16(
-          _mm256_maddubs_epi16(wl, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ar))),
-          _mm256_maddubs_epi16(wh, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ar + 32))));
-      acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(p, ones));
-    }
-  }
-  if (full < ldw && b.k - full <= 32) {  // a last half chunk: its upper 32 values are padding
-    const __m256i wl = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + full));
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) {
-      const int8_t* ar = a + r * b.lda + full;
-      const __m256i p =
-          _mm256_maddubs_epi16(wl, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ar)));
-      acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(p, ones));
-    }
-  } else if (full < ldw) {
-    const __m256i wl = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + full));
-    const __m256i wh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + full + 32));
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) {
-      const int8_t* ar = a + r * b.lda + full;
-      const __m256i p = _mm256_add_epi16(
-          _mm256_maddubs_epi16(wl, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ar))),
-          _mm256_maddubs_epi16(wh, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ar + 32))));
-      acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(p, ones));
-    }
-  }
-  __m256i s = _mm256_sub_epi32(reduce8(acc),
-                               _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.corr + r0)));
-  if (b.cw) s = _mm256_sub_epi32(s, _mm256_set1_epi32(b.cw[n]));
-  __m256 y = _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(b.sc[n])),
-                           _mm256_set1_ps(b.rs));
-  if (b.bias) y = _mm256_add_ps(y, _mm256_set1_ps(b.bias[n]));
-  float* out = b.y + r0 + n * b.y_col;
-  if (valid == R) {
-    _mm256_storeu_ps(out, y);
-  } else {
-    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(valid)), lane);
-    _mm256_maskstore_ps(out, mask, y);
-  }
-}
-
-}  // namespace
-
-// Rows are processed eight at a time: the caller's buffers hold whole groups of eight rows.
-ZEROP_AVX2 void conv_block_avx2(int64_t rows, const ConvBlockArgs& b) {
-  for (int64_t r = 0; r < rows; r += 8)
-    for (int64_t n = 0; n < b.n_real; ++n) conv_rows8(b, r, std::min<int64_t>(8, rows - r), n);
-}
+#define ZEROP_TARGET ZEROP_AVX2
+#define ZEROP_BLOCK_FN block_avx2
+#define ZEROP_CONV_FN conv_block_avx2
+#include "simd_body.inc"
+#undef ZEROP_TARGET
+#undef ZEROP_BLOCK_FN
+#undef ZEROP_CONV_FN
 
 ZEROP_AVX2 void group_sums_avx2(const int8_t* a, int64_t kc, const GroupMode& gm, int32_t* corr) {
   std::fill(corr, corr + gm.groups, 0);

@@ -15,11 +15,16 @@
 
 namespace zerop {
 
-// Which implementation runs the integer inner loops. kAuto picks AVX2 when the CPU has AVX2 and FMA.
-enum class Impl : int { kAuto = 0, kScalar = 1, kAvx2 = 2 };
+// Which implementation runs the integer inner loops. kAuto picks the fastest the CPU runs:
+// AVX512-VNNI (256-bit vpdpbusd), else AVX2 + FMA, else the portable scalar code. A path the CPU
+// lacks falls back to the next one down.
+enum class Impl : int { kAuto = 0, kScalar = 1, kAvx2 = 2, kVnni = 3 };
 
 // True when this CPU can run the AVX2 path (checked at run time, once).
 bool cpu_has_avx2();
+
+// True when this CPU can run the AVX512-VNNI path (AVX512 VNNI, VL and BW; checked once).
+bool cpu_has_vnni();
 
 // The number of worker threads a call with `threads` uses (0 = all cores).
 int resolve_threads(int threads);

@@ -54,6 +54,7 @@ using BlockFn = void (*)(int rows, const BlockArgs& b);
 
 void block_scalar(int rows, const BlockArgs& b);
 void block_avx2(int rows, const BlockArgs& b);
+void block_vnni(int rows, const BlockArgs& b);
 
 // corr[g] = 8 * sum of a row's values in each group (a row of kc*64 int8 in chunk layout).
 void group_sums_scalar(const int8_t* a, int64_t kc, const GroupMode& gm, int32_t* corr);
@@ -85,6 +86,7 @@ struct ConvBlockArgs {
 using ConvBlockFn = void (*)(int64_t rows, const ConvBlockArgs& b);
 void conv_block_scalar(int64_t rows, const ConvBlockArgs& b);
 void conv_block_avx2(int64_t rows, const ConvBlockArgs& b);
+void conv_block_vnni(int64_t rows, const ConvBlockArgs& b);
 
 // The conv epilogue of one value (the float steps of the matmul path with one group).
 inline float conv_value(int32_t s, int32_t cw, float sc, float rs, const float* bias, int64_t n) {
