@@ -28,11 +28,11 @@ bool cpu_has_avx2() {
 namespace detail {
 namespace {
 
-// Integer product of R activation rows with kNr weight rows over chunks [c0, c1) of one group,
+// Integer product of R activation rows with NC weight rows over chunks [c0, c1) of one group,
 // added to acc. Pairs of chunks are summed in int16 before widening (4 * 3840 < 32767).
-template <int R, bool kSingle>
+template <int R, bool kSingle, int NC>
 ZEROP_AVX2 inline void accumulate(const int8_t* a, int64_t lda, const uint8_t* w, int64_t ldw,
-                                  int64_t c0, int64_t c1, __m256i (*acc)[kNr]) {
+                                  int64_t c0, int64_t c1, __m256i (*acc)[NC]) {
   const __m256i m0f = _mm256_set1_epi8(0x0F);
   const __m256i m88 = _mm256_set1_epi8(static_cast<char>(0x88));
   const __m256i ones = _mm256_set1_epi16(1);
@@ -45,7 +45,7 @@ ZEROP_AVX2 inline void accumulate(const int8_t* a, int64_t lda, const uint8_t* w
         ae[r][u] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ar));
         ao[r][u] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ar + 32));
       }
-    for (int j = 0; j < kNr; ++j) {
+    for (int j = 0; j < NC; ++j) {
       __m256i p[R];
       for (int r = 0; r < R; ++r) p[r] = _mm256_setzero_si256();
       for (int u = 0; u < steps; ++u) {

@@ -49,6 +49,9 @@ struct BlockArgs {
   int64_t ldsc;
   const int32_t* cw;
   float* yacc;
+  // wide: one row against 2 * kNr weight rows (float mode, cw == null); sc and yacc then cover
+  // 2 * kNr columns. Two independent float chains hide the latency of the in-order group sums.
+  bool wide;
 };
 using BlockFn = void (*)(int rows, const BlockArgs& b);
 

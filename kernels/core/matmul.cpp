@@ -38,6 +38,21 @@ Scratch& scratch() {
   return s;
 }
 
+
+// One row against 2 * kNr columns starting at nb, weights read in place (GEMV fast path).
+void wide_block(const Kernels& kn, const WeightSpec& ws, const int8_t* a, const int32_t* corr,
+                float rs, int64_t nb, float* y, int64_t y_col) {
+  float yacc[2 * kNr];
+  const BlockArgs ba{a, ws.kc * kChunk, ws.packed + nb * ws.ldw, ws.ldw, ws.kc, ws.gm, corr,
+                     ws.gm.groups, nullptr, 0, ws.scales + nb, ws.ld_scales, nullptr, yacc, true};
+  kn.block(1, ba);
+  for (int h = 0; h < 2; ++h) {
+    float res[kNr];
+    epilogue(yacc + h * kNr, rs, ws.bias ? ws.bias + nb + h * kNr : nullptr, res);
+    for (int j = 0; j < kNr; ++j) y[(h * kNr + j) * y_col] = res[j];
+  }
+}
+
 }  // namespace
 
 void gemm_rows(const Kernels& kn, const WeightSpec& ws, int64_t rows, const int8_t* a, int64_t lda,
@@ -48,6 +63,11 @@ void gemm_rows(const Kernels& kn, const WeightSpec& ws, int64_t rows, const int8
   const int64_t ldout = (groups + 1) * kNr;
   s.sc.resize(static_cast<size_t>(std::max<int64_t>(groups, 1) * kNr));
   for (int64_t nb = n0; nb < n1; nb += kNr) {
+    if (rows == 1 && ws.a_offset == 0 && ws.row_bytes == ws.kc * kChunkBytes && nb + 2 * kNr <= n1) {
+      wide_block(kn, ws, a, corr, rs[0], nb, y + nb * y_col, y_col);
+      nb += kNr;
+      continue;
+    }
     const int cols = static_cast<int>(std::min<int64_t>(kNr, n1 - nb));
     int64_t ldw = 0;
     const uint8_t* w = weight_block(ws, nb, cols, s.wbuf, &ldw);
@@ -64,7 +84,7 @@ void gemm_rows(const Kernels& kn, const WeightSpec& ws, int64_t rows, const int8
     if (ws.bias)
       for (int j = 0; j < cols; ++j) bias[j] = ws.bias[nb + j];
     BlockArgs ba{nullptr, lda, w, ldw, ws.kc, ws.gm, nullptr, groups, nullptr, ldout,
-                 nullptr, ldsc, nullptr, nullptr};
+                 nullptr, ldsc, nullptr, nullptr, false};
     if (ws.a_offset != 0) {  // c * sum_k w: the ones row times the weights
       s.wsum.resize(static_cast<size_t>(ldout));
       s.cw.resize(static_cast<size_t>(ldout));

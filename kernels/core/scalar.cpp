@@ -16,6 +16,16 @@ inline int32_t high_nibble(uint8_t b) { return static_cast<int32_t>((b >> 4) ^ 0
 }  // namespace
 
 void block_scalar(int rows, const BlockArgs& b) {
+  if (b.wide) {  // two blocks of kNr columns, one after the other
+    BlockArgs half = b;
+    half.wide = false;
+    block_scalar(1, half);
+    half.w = b.w + kNr * b.ldw;
+    half.sc = b.sc + kNr;
+    half.yacc = b.yacc + kNr;
+    block_scalar(1, half);
+    return;
+  }
   const int64_t ld = (b.gm.groups + 1) * kNr;
   static thread_local std::vector<int32_t> buf;
   buf.resize(static_cast<size_t>(ld));

@@ -24,10 +24,12 @@ bool cpu_has_vnni() {
 namespace detail {
 namespace {
 
-// Integer product of R activation rows with kNr nibble-packed weight rows over chunks [c0, c1).
-template <int R, bool kSingle>
+constexpr int64_t kPrefetch = 16;  // chunks ahead (512 bytes per weight row)
+
+// Integer product of R activation rows with NC nibble-packed weight rows over chunks [c0, c1).
+template <int R, bool kSingle, int NC>
 ZEROP_VNNI inline void accumulate(const int8_t* a, int64_t lda, const uint8_t* w, int64_t ldw,
-                                  int64_t c0, int64_t c1, __m256i (*acc)[kNr]) {
+                                  int64_t c0, int64_t c1, __m256i (*acc)[NC]) {
   const __m256i m0f = _mm256_set1_epi8(0x0F);
   const __m256i m88 = _mm256_set1_epi8(static_cast<char>(0x88));
   for (int64_t c = c0; c < c1; ++c) {
@@ -36,7 +38,9 @@ ZEROP_VNNI inline void accumulate(const int8_t* a, int64_t lda, const uint8_t* w
       ae[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + r * lda + c * kChunk));
       ao[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + r * lda + c * kChunk + 32));
     }
-    for (int j = 0; j < kNr; ++j) {
+    for (int j = 0; j < NC; ++j) {
+      _mm_prefetch(reinterpret_cast<const char*>(w + j * ldw + (c + kPrefetch) * kChunkBytes),
+                   _MM_HINT_T0);
       // nibble ^ 8 turns a two's-complement int4 w into w + 8 (0..15), both nibbles at once
       const __m256i v = _mm256_xor_si256(
           _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + j * ldw + c * kChunkBytes)),
