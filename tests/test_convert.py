@@ -49,13 +49,15 @@ def test_converted_module_is_named_after_the_onnx_node():
 
 
 def _multi_output_model(op, x_shape, n_outputs, *, opset, initializers=None, attrs=None):
-    """One-node model ``op(x, *initializers)`` with ``n_outputs`` float outputs of inferred shape."""
+    """One-node model ``op(x, *initializers)`` with ``n_outputs`` float outputs."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     initializers = initializers or {}
     outs = [f"y{i}" for i in range(n_outputs)]
-    node = helper.make_node(op, ["x", *initializers], outs, name=f"{op.lower()}_node", **(attrs or {}))
+    node = helper.make_node(
+        op, ["x", *initializers], outs, name=f"{op.lower()}_node", **(attrs or {})
+    )
     graph = helper.make_graph(
         [node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
         [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outs],

@@ -1,10 +1,11 @@
 """Dropout-7 (used up to opset 9, e.g. the model-zoo AlexNet/VGG/SqueezeNet/Inception graphs).
 
-In inference Dropout is the identity. Dropout-7 has only the ``ratio`` attribute (no ``is_test``, no
-``seed``) and an optional ``mask`` output of the input's type. The spec does not say what the mask holds
-in inference; onnxruntime (the reference of our parity checks) fills it with zeros, so the converted
-module does the same. It follows ``self.training`` like onnx2torch's own Dropout converters: it drops
-with probability ``ratio`` (and returns the real keep-mask) only in training mode.
+In inference Dropout is the identity. Dropout-7 has only the ``ratio`` attribute (no ``is_test``,
+no ``seed``) and an optional ``mask`` output of the input's type. The spec does not say what the
+mask holds in inference; onnxruntime (the reference of our parity checks) fills it with zeros, so
+the converted module does the same. It follows ``self.training`` like onnx2torch's own Dropout
+converters: it drops with probability ``ratio`` (and returns the real keep-mask) only in training
+mode.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Gelu-20 (``approximate`` = "none" or "tanh"), emitted by torch's default exporter for ConvNeXt."""
+"""Gelu-20 (``approximate`` = "none" or "tanh"), emitted by torch's default exporter (ConvNeXt)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,9 @@ def _convert(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:  # n
     if isinstance(approximate, bytes):
         approximate = approximate.decode()
     if approximate not in APPROXIMATIONS:
-        raise NotImplementedError(f"Gelu attribute approximate={approximate!r} (expected none or tanh)")
+        raise NotImplementedError(
+            f"Gelu attribute approximate={approximate!r} (expected 'none' or 'tanh')"
+        )
     return OperationConverterResult(
         torch_module=nn.GELU(approximate=approximate),
         onnx_mapping=onnx_mapping_from_node(node),

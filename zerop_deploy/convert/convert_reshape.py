@@ -1,4 +1,4 @@
-"""Reshape-19 and Reshape-21, emitted by torch's default ONNX exporter (opset 20) with ``allowzero=1``.
+"""Reshape-19 and -21, emitted by torch's default ONNX exporter (opset 20) with ``allowzero=1``.
 
 Reshape-19 and -21 only add element types (float8, int4...) to Reshape-14, but onnx2torch has no
 converter for them and its Reshape-14 refuses ``allowzero=1``, which the default exporter writes on

@@ -3,8 +3,8 @@
 Split-18 adds the ``num_outputs`` attribute to Split-13. The sizes of the parts come from, in order:
 
 * the optional ``split`` input (a constant, read once, or a runtime tensor);
-* ``num_outputs``: parts of ``ceil(n / num_outputs)`` elements, the last one smaller if ``n`` does not
-  divide evenly (the ONNX rule);
+* ``num_outputs``: parts of ``ceil(n / num_outputs)`` elements, the last one smaller if ``n`` does
+  not divide evenly (the ONNX rule);
 * neither: as many equal parts as the node has outputs (the Split-13 rule).
 """
 
@@ -48,7 +48,9 @@ class OnnxSplit18(nn.Module, OnnxToTorchModule):
         self.sizes = sizes
         self.uneven = uneven
 
-    def forward(self, x: torch.Tensor, split: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+    def forward(
+        self, x: torch.Tensor, split: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, ...]:
         """Split ``x``; ``split`` is the runtime sizes input when it was not a constant."""
         if split is not None:
             sizes = [int(s) for s in split.tolist()]

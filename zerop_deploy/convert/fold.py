@@ -3,13 +3,13 @@
 onnx2torch's Conv, ConvTranspose and BatchNormalization converters read their weights from
 ``graph.initializer`` only. Two kinds of ordinary models compute them instead:
 
-* the TorchScript exporter deduplicates equal initializers and feeds the copies through ``Identity``
-  nodes (every random-weight or zero-bias model exported at opset 13 with constant folding), and
+* the TorchScript exporter deduplicates equal initializers and feeds the copies through
+  ``Identity`` nodes (zero biases, equal BN-folded weights: every random-weight torchvision model),
 * the "light" model-zoo graphs shipped with ``onnx`` build every weight with ``ConstantOfShape``.
 
-:func:`fold_constant_weights` evaluates those nodes (``Identity`` and ``ConstantOfShape`` whose inputs are
-initializers or ``Constant`` outputs) and replaces each by an initializer named after the node's output,
-so each consumer keeps its own copy of the weight and every other node keeps its name.
+:func:`fold_constant_weights` evaluates those nodes (``Identity`` and ``ConstantOfShape`` whose
+inputs are initializers or ``Constant`` outputs) and replaces each by an initializer named after the
+node's output, so each consumer keeps its own copy of the weight and every other node its name.
 """
 
 from __future__ import annotations

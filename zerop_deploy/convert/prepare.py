@@ -4,12 +4,13 @@
 ``onnx2torch.convert``. It applies, in order:
 
 1. :func:`zerop_deploy.convert.fold.fold_constant_weights`: weights computed by ``Identity`` or
-   ``ConstantOfShape`` become initializers (onnx2torch reads Conv/BN weights from initializers only);
-2. :func:`drop_inert_allowzero`: ``Reshape`` nodes with ``allowzero=1`` and a constant shape without
-   zeros get ``allowzero=0``. Both values mean the same for such a shape, and onnx2torch's Reshape-14
-   converter (opsets 14-18) refuses ``allowzero=1``, which torch's default exporter writes on every
-   ``view`` (it is the only Reshape onnx2torch has for those opsets, so it cannot be replaced through
-   ``add_converter``).
+   ``ConstantOfShape`` become initializers (onnx2torch reads Conv/BN weights from initializers
+   only);
+2. :func:`drop_inert_allowzero`: ``Reshape`` nodes with ``allowzero=1`` and a constant shape
+   without zeros get ``allowzero=0``. Both values mean the same for such a shape, and onnx2torch's
+   Reshape-14 converter (opsets 14-18) refuses ``allowzero=1``, which torch's default exporter
+   writes on every ``view``; that converter is registered already, so ``add_converter`` cannot
+   replace it.
 """
 
 from __future__ import annotations
