@@ -1,9 +1,9 @@
-"""Build of the optional native extension ``zerop_deploy._kernels`` (everything else is in pyproject.toml).
+"""Build of the optional native extension ``zerop_deploy._kernels`` (the rest is in pyproject.toml).
 
-The C++ int4 kernels are optional: when no C++17 compiler is present, or the build fails, the install
-still succeeds as a pure-Python package, prints why the kernels were skipped and what to install, and
-``zerop_deploy.kernels.available()`` reports False. Set ``ZEROP_REQUIRE_KERNELS=1`` to make a failed
-kernel build fail the install instead (for CI and wheels).
+The C++ int4 kernels are optional: when no C++17 compiler is present, or the build fails, the
+install still succeeds as a pure-Python package, prints why the kernels were skipped and what to
+install, and ``zerop_deploy.kernels.available()`` reports False. Set ``ZEROP_REQUIRE_KERNELS=1``
+to make a failed kernel build fail the install instead (for CI and wheels).
 """
 
 from __future__ import annotations
@@ -19,8 +19,17 @@ HERE = Path(__file__).resolve().parent
 CORE = Path("kernels") / "core"
 SOURCES = [
     str(Path("kernels") / "bindings" / "module.cpp"),
-    *(str(CORE / name) for name in ("avx2.cpp", "conv.cpp", "matmul.cpp", "scalar.cpp",
-                                     "thread_pool.cpp", "vnni.cpp")),
+    *(
+        str(CORE / name)
+        for name in (
+            "avx2.cpp",
+            "conv.cpp",
+            "matmul.cpp",
+            "scalar.cpp",
+            "thread_pool.cpp",
+            "vnni.cpp",
+        )
+    ),
 ]
 HINT = (
     "install a C++17 compiler (g++ >= 9, e.g. `apt-get install g++`) and reinstall zerop-deploy "
@@ -42,15 +51,17 @@ def _required() -> bool:
 
 
 class OptionalBuildExt(build_ext):
-    """build_ext that turns a failed kernel build into a clear message instead of a failed install."""
+    """A build_ext that turns a failed kernel build into a clear message, not a failed install."""
 
     def run(self) -> None:
+        """Build the extensions; on any failure print why and continue without them."""
         try:
             super().run()
         except Exception as exc:  # noqa: BLE001 - any compiler/setup failure means "no kernels"
             self._skip(exc)
 
     def build_extension(self, ext) -> None:  # type: ignore[no-untyped-def]
+        """Build one extension; on failure print why and continue without it."""
         try:
             super().build_extension(ext)
         except Exception as exc:  # noqa: BLE001

@@ -37,8 +37,9 @@ def test_unavailable_kernels_raise_one_clear_error(monkeypatch):
     monkeypatch.setattr(kernels, "_native", None)
     assert not kernels.available()
     with pytest.raises(UnsupportedModelError, match="C\\+\\+17 compiler"):
-        kernels.matmul_int4(np.zeros((1, 2), np.float32), np.zeros((1, 1), np.uint8),
-                            np.ones(1, np.float32))
+        kernels.matmul_int4(
+            np.zeros((1, 2), np.float32), np.zeros((1, 1), np.uint8), np.ones(1, np.float32)
+        )
 
 
 def test_pack_int4_is_the_onnx_packing():
@@ -50,8 +51,16 @@ def test_pack_int4_is_the_onnx_packing():
 
 
 SHAPES = [
-    (1, 1, 1, 0), (3, 7, 5, 0), (1, 33, 3, 32), (5, 130, 9, 32), (4, 300, 11, 64),
-    (2, 257, 13, 128), (17, 1000, 37, 0), (6, 64, 4, 32), (1, 4095, 130, 128), (33, 513, 65, 0),
+    (1, 1, 1, 0),
+    (3, 7, 5, 0),
+    (1, 33, 3, 32),
+    (5, 130, 9, 32),
+    (4, 300, 11, 64),
+    (2, 257, 13, 128),
+    (17, 1000, 37, 0),
+    (6, 64, 4, 32),
+    (1, 4095, 130, 128),
+    (33, 513, 65, 0),
 ]
 
 
@@ -62,8 +71,9 @@ def test_matmul_matches_reference(m, k, n, group_size, impl):
     rng = np.random.default_rng(m * 1000 + k + n)
     x, w, scales, b = _case(rng, m, k, n, group_size, bias=(k % 2 == 1))
     ref = matmul_int4_reference(x, w, scales, bias=b, group_size=group_size)
-    y = kernels.matmul_int4(x, pack_int4(w), scales, bias=b, group_size=group_size, threads=2,
-                            impl=impl)
+    y = kernels.matmul_int4(
+        x, pack_int4(w), scales, bias=b, group_size=group_size, threads=2, impl=impl
+    )
     assert y.dtype == np.float32 and y.shape == (m, n)
     np.testing.assert_allclose(y, ref, rtol=1e-5, atol=0)
     # Stronger than the contract: exact integer sums and the reference's float order.
@@ -92,11 +102,16 @@ def test_integer_accumulation_is_exact(group_size, impl):
 @needs_kernels
 def test_all_zero_row_and_empty_batch():
     w = np.ones((3, 5), dtype=np.int8)
-    y = kernels.matmul_int4(np.zeros((2, 5), np.float32), pack_int4(w), np.ones(3, np.float32),
-                            bias=np.arange(3, dtype=np.float32))
+    y = kernels.matmul_int4(
+        np.zeros((2, 5), np.float32),
+        pack_int4(w),
+        np.ones(3, np.float32),
+        bias=np.arange(3, dtype=np.float32),
+    )
     np.testing.assert_array_equal(y, [[0, 1, 2], [0, 1, 2]])
-    assert kernels.matmul_int4(np.zeros((0, 5), np.float32), pack_int4(w),
-                               np.ones(3, np.float32)).shape == (0, 3)
+    assert kernels.matmul_int4(
+        np.zeros((0, 5), np.float32), pack_int4(w), np.ones(3, np.float32)
+    ).shape == (0, 3)
 
 
 @needs_kernels
@@ -105,8 +120,11 @@ def test_threads_and_paths_agree(m, k, n, group_size):
     rng = np.random.default_rng(3)
     x, w, scales, b = _case(rng, m, k, n, group_size)
     p = pack_int4(w)
-    outs = [kernels.matmul_int4(x, p, scales, bias=b, group_size=group_size, threads=t, impl=i)
-            for t in (1, 2, 0) for i in IMPLS]
+    outs = [
+        kernels.matmul_int4(x, p, scales, bias=b, group_size=group_size, threads=t, impl=i)
+        for t in (1, 2, 0)
+        for i in IMPLS
+    ]
     for y in outs[1:]:
         np.testing.assert_array_equal(y, outs[0])
 
@@ -114,8 +132,11 @@ def test_threads_and_paths_agree(m, k, n, group_size):
 def _quantized_reference(xq, x_scale, zp, w, scales, bias, group_size):
     k = xq.shape[1]
     a = xq.astype(np.int64) - zp
-    bounds = [(0, k)] if group_size == 0 else [(g, min(g + group_size, k))
-                                               for g in range(0, k, group_size)]
+    bounds = (
+        [(0, k)]
+        if group_size == 0
+        else [(g, min(g + group_size, k)) for g in range(0, k, group_size)]
+    )
     sc = scales.reshape(1, -1) if group_size == 0 else scales
     y = np.zeros((xq.shape[0], w.shape[0]), np.float32)
     for gi, (lo, hi) in enumerate(bounds):
@@ -126,29 +147,33 @@ def _quantized_reference(xq, x_scale, zp, w, scales, bias, group_size):
 
 @needs_kernels
 @pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize(("dtype", "zp"), [(np.uint8, 0), (np.uint8, 131), (np.uint8, 255),
-                                           (np.int8, 0), (np.int8, -128), (np.int8, 17)])
-@pytest.mark.parametrize(("m", "k", "n", "group_size"), [(1, 4096, 9, 0), (5, 301, 7, 64),
-                                                         (2, 96, 6, 32)])
+@pytest.mark.parametrize(
+    ("dtype", "zp"),
+    [(np.uint8, 0), (np.uint8, 131), (np.uint8, 255), (np.int8, 0), (np.int8, -128), (np.int8, 17)],
+)
+@pytest.mark.parametrize(
+    ("m", "k", "n", "group_size"), [(1, 4096, 9, 0), (5, 301, 7, 64), (2, 96, 6, 32)]
+)
 def test_prequantized_matmul(dtype, zp, m, k, n, group_size, impl):
     rng = np.random.default_rng(k + zp + 128)
     info = np.iinfo(dtype)
     xq = rng.choice(np.array([info.min, info.max, 0, 1], dtype=dtype), size=(m, k))
     _, w, scales, b = _case(rng, m, k, n, group_size)
     w[0] = rng.choice(np.array([-8, 7], np.int8), size=k)
-    y = kernels.matmul_int4_quantized(xq, 0.0123, zp, pack_int4(w), scales, bias=b,
-                                      group_size=group_size, impl=impl)
+    y = kernels.matmul_int4_quantized(
+        xq, 0.0123, zp, pack_int4(w), scales, bias=b, group_size=group_size, impl=impl
+    )
     np.testing.assert_array_equal(y, _quantized_reference(xq, 0.0123, zp, w, scales, b, group_size))
 
 
 CONVS = [  # (B, C_in, H, W, C_out, kH, kW, stride, padding, dilation, groups)
     (2, 3, 9, 11, 5, 3, 3, 1, 1, 1, 1),
     (2, 16, 8, 8, 32, 3, 3, 2, 1, 1, 1),
-    (1, 8, 10, 10, 8, 3, 3, 1, 2, 2, 8),      # depthwise, dilated
+    (1, 8, 10, 10, 8, 3, 3, 1, 2, 2, 8),  # depthwise, dilated
     (1, 6, 7, 9, 4, 3, 2, (2, 1), (1, 0), (1, 2), 2),
-    (3, 5, 5, 5, 7, 1, 1, 1, 0, 1, 1),        # pointwise
-    (1, 70, 6, 6, 3, 1, 1, 1, 0, 1, 1),       # K > 64
-    (1, 5, 6, 6, 4, 3, 3, 1, 1, 1, 1),        # K % 64 > 32
+    (3, 5, 5, 5, 7, 1, 1, 1, 0, 1, 1),  # pointwise
+    (1, 70, 6, 6, 3, 1, 1, 1, 0, 1, 1),  # K > 64
+    (1, 5, 6, 6, 4, 3, 3, 1, 1, 1, 1),  # K % 64 > 32
 ]
 
 
@@ -161,9 +186,15 @@ def _conv_weights(rng, c_out, c_in_g, kh, kw):
 def _torch_conv(x, w, scales, b, stride, padding, dilation, groups):
     torch = pytest.importorskip("torch")
     wd = torch.from_numpy(w.astype(np.float64) * scales.astype(np.float64)[:, None, None, None])
-    return torch.nn.functional.conv2d(torch.from_numpy(x.astype(np.float64)), wd,
-                                      torch.from_numpy(b.astype(np.float64)), stride=stride,
-                                      padding=padding, dilation=dilation, groups=groups).numpy()
+    return torch.nn.functional.conv2d(
+        torch.from_numpy(x.astype(np.float64)),
+        wd,
+        torch.from_numpy(b.astype(np.float64)),
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        groups=groups,
+    ).numpy()
 
 
 @needs_kernels
@@ -173,14 +204,22 @@ def test_conv2d_matches_torch_on_dequantized_values(spec):
     rng = np.random.default_rng(c_in * c_out + h)
     x = rng.standard_normal((b_, c_in, h, w_), dtype=np.float32)
     w, scales, bias = _conv_weights(rng, c_out, c_in // groups, kh, kw)
-    args = dict(kernel_size=(kh, kw), bias=bias, stride=stride, padding=padding,
-                dilation=dilation, groups=groups)
-    outs = [kernels.conv2d_int4(x, pack_int4(w.reshape(c_out, -1)), scales, impl=i, **args)
-            for i in IMPLS]
+    args = dict(
+        kernel_size=(kh, kw),
+        bias=bias,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        groups=groups,
+    )
+    outs = [
+        kernels.conv2d_int4(x, pack_int4(w.reshape(c_out, -1)), scales, impl=i, **args)
+        for i in IMPLS
+    ]
     for y in outs[1:]:
         np.testing.assert_array_equal(y, outs[0])
     s = np.abs(x.reshape(b_, -1)).max(axis=1) / np.float32(127)  # per-image activation scale
-    xd = (np.clip(np.rint(x / s[:, None, None, None]), -127, 127) * s[:, None, None, None])
+    xd = np.clip(np.rint(x / s[:, None, None, None]), -127, 127) * s[:, None, None, None]
     ref = _torch_conv(xd, w, scales, bias, stride, padding, dilation, groups)
     np.testing.assert_allclose(outs[0], ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
 
@@ -194,31 +233,58 @@ def test_prequantized_conv2d(spec, dtype, zp):
     info = np.iinfo(dtype)
     xq = rng.integers(info.min, info.max + 1, size=(b_, c_in, h, w_)).astype(dtype)
     w, scales, bias = _conv_weights(rng, c_out, c_in // groups, kh, kw)
-    args = dict(kernel_size=(kh, kw), bias=bias, stride=stride, padding=padding,
-                dilation=dilation, groups=groups)
-    outs = [kernels.conv2d_int4_quantized(xq, 0.05, zp, pack_int4(w.reshape(c_out, -1)), scales,
-                                          impl=i, threads=t, **args)
-            for i in IMPLS for t in (1, 2)]
+    args = dict(
+        kernel_size=(kh, kw),
+        bias=bias,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        groups=groups,
+    )
+    outs = [
+        kernels.conv2d_int4_quantized(
+            xq, 0.05, zp, pack_int4(w.reshape(c_out, -1)), scales, impl=i, threads=t, **args
+        )
+        for i in IMPLS
+        for t in (1, 2)
+    ]
     for y in outs[1:]:
         np.testing.assert_array_equal(y, outs[0])
-    ref = _torch_conv((xq.astype(np.float64) - zp) * 0.05, w, scales, bias, stride, padding,
-                      dilation, groups)
+    ref = _torch_conv(
+        (xq.astype(np.float64) - zp) * 0.05, w, scales, bias, stride, padding, dilation, groups
+    )
     np.testing.assert_allclose(outs[0], ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
 
 
 @needs_kernels
-@pytest.mark.parametrize(("call", "message"), [
-    (lambda p, s: kernels.matmul_int4(np.zeros((2, 4), np.float64), p, s), "float32"),
-    (lambda p, s: kernels.matmul_int4(np.zeros((4, 2), np.float32).T, p, s), "C-contiguous"),
-    (lambda p, s: kernels.matmul_int4(np.zeros((2, 6), np.float32), p, s), "ceil"),
-    (lambda p, s: kernels.matmul_int4(np.zeros((2, 4), np.float32), p, s, group_size=48), "group"),
-    (lambda p, s: kernels.matmul_int4(np.zeros((2, 4), np.float32), p, s[:1]), "scales"),
-    (lambda p, s: kernels.matmul_int4(np.zeros((2, 4), np.float32), p, s, threads=-1), "threads"),
-    (lambda p, s: kernels.matmul_int4(np.zeros((2, 4), np.float32), p, s, impl="neon"), "impl"),
-    (lambda p, s: kernels.matmul_int4_quantized(np.zeros((2, 4), np.uint8), 1.0, 300, p, s), "zero"),
-    (lambda p, s: kernels.conv2d_int4(np.zeros((1, 4, 3, 3), np.float32), p, s, kernel_size=1,
-                                      groups=3), "groups"),
-])
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda p, s: kernels.matmul_int4(np.zeros((2, 4), np.float64), p, s), "float32"),
+        (lambda p, s: kernels.matmul_int4(np.zeros((4, 2), np.float32).T, p, s), "C-contiguous"),
+        (lambda p, s: kernels.matmul_int4(np.zeros((2, 6), np.float32), p, s), "ceil"),
+        (
+            lambda p, s: kernels.matmul_int4(np.zeros((2, 4), np.float32), p, s, group_size=48),
+            "group",
+        ),
+        (lambda p, s: kernels.matmul_int4(np.zeros((2, 4), np.float32), p, s[:1]), "scales"),
+        (
+            lambda p, s: kernels.matmul_int4(np.zeros((2, 4), np.float32), p, s, threads=-1),
+            "threads",
+        ),
+        (lambda p, s: kernels.matmul_int4(np.zeros((2, 4), np.float32), p, s, impl="neon"), "impl"),
+        (
+            lambda p, s: kernels.matmul_int4_quantized(np.zeros((2, 4), np.uint8), 1.0, 300, p, s),
+            "zero",
+        ),
+        (
+            lambda p, s: kernels.conv2d_int4(
+                np.zeros((1, 4, 3, 3), np.float32), p, s, kernel_size=1, groups=3
+            ),
+            "groups",
+        ),
+    ],
+)
 def test_bad_inputs_raise_value_error(call, message):
     packed, scales = pack_int4(np.ones((3, 4), np.int8)), np.ones(3, np.float32)
     with pytest.raises(ValueError, match=message):

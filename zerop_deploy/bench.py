@@ -1,4 +1,4 @@
-"""Latency tables: onnxruntime fp32 / QDQ graph / MatMulNBits / our int4 kernels (``zerop-deploy bench``).
+"""Latency tables of ``zerop-deploy bench``: onnxruntime fp32 / QDQ / MatMulNBits / int4 kernels.
 
 End to end, the fp32 model (and its exported QDQ file when given) runs in onnxruntime on random
 inputs. Per quantizable layer (Conv, Gemm, MatMul with a constant weight), the layer's real input
@@ -16,7 +16,6 @@ import os
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -46,8 +45,9 @@ def _session(model: onnx.ModelProto | str, threads: int) -> Any:
         raise ValidationError(f"{name}: onnxruntime cannot load the model: {e}") from e
 
 
-def _median_times(fns: dict[str, Callable[[], object]], rounds: int,
-                  min_seconds: float = 0.02) -> dict[str, float]:
+def _median_times(
+    fns: dict[str, Callable[[], object]], rounds: int, min_seconds: float = 0.02
+) -> dict[str, float]:
     """Median seconds per call of each fn, timed in interleaved rounds so noise hits all alike."""
     reps = {}
     for name, fn in fns.items():
@@ -66,13 +66,22 @@ def _median_times(fns: dict[str, Callable[[], object]], rounds: int,
     return {name: statistics.median(v) for name, v in samples.items()}
 
 
-def _model(nodes: list[onnx.NodeProto], x: np.ndarray, inits: list[onnx.TensorProto],
-           opsets: dict[str, int]) -> onnx.ModelProto:
+def _model(
+    nodes: list[onnx.NodeProto],
+    x: np.ndarray,
+    inits: list[onnx.TensorProto],
+    opsets: dict[str, int],
+) -> onnx.ModelProto:
     graph = helper.make_graph(
-        nodes, "layer", [helper.make_tensor_value_info("X", TensorProto.FLOAT, list(x.shape))],
-        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v)
-                                                    for d, v in opsets.items()])
+        nodes,
+        "layer",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, list(x.shape))],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
+        initializer=inits,
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()]
+    )
     model.ir_version = 10
     return model
 
@@ -122,17 +131,26 @@ class _Layer:
 
     def conv_kwargs(self) -> dict[str, Any]:
         a = self.attrs
-        return {"kernel_size": tuple(self.w.shape[2:]), "stride": tuple(a.get("strides", [1, 1])),
-                "padding": tuple(a.get("pads", [0, 0, 0, 0])),
-                "dilation": tuple(a.get("dilations", [1, 1])), "groups": int(a.get("group", 1))}
+        return {
+            "kernel_size": tuple(self.w.shape[2:]),
+            "stride": tuple(a.get("strides", [1, 1])),
+            "padding": tuple(a.get("pads", [0, 0, 0, 0])),
+            "dilation": tuple(a.get("dilations", [1, 1])),
+            "groups": int(a.get("group", 1)),
+        }
 
     def matmul_input(self) -> np.ndarray | None:
-        """The activation as ``[M, K]`` when the layer is a plain matrix product, else None."""
+        """Return the activation as ``[M, K]`` for a plain matrix product, else None."""
         if self.node.op_type in ("Gemm", "MatMul"):
             return self.x
         kw = self.conv_kwargs()
-        if self.w.shape[2:] == (1, 1) and kw["stride"] == (1, 1) and kw["groups"] == 1 \
-                and not any(kw["padding"]) and kw["dilation"] == (1, 1):
+        if (
+            self.w.shape[2:] == (1, 1)
+            and kw["stride"] == (1, 1)
+            and kw["groups"] == 1
+            and not any(kw["padding"])
+            and kw["dilation"] == (1, 1)
+        ):
             return np.ascontiguousarray(self.x.transpose(0, 2, 3, 1).reshape(-1, self.x.shape[1]))
         return None
 
@@ -153,21 +171,30 @@ class _Layer:
 
     def fp32_model(self) -> onnx.ModelProto:
         w = self.w if self.node.op_type != "MatMul" else self.w.T.copy()
-        return _model([self._node("W")], self.x, [numpy_helper.from_array(w, "W"),
-                                                  *self._bias_inits()], {"": 21})
+        return _model(
+            [self._node("W")],
+            self.x,
+            [numpy_helper.from_array(w, "W"), *self._bias_inits()],
+            {"": 21},
+        )
 
     def qdq_model(self) -> onnx.ModelProto:
         xs, xzp = _uint8_qparams(self.x)
         q = self.q if self.node.op_type != "MatMul" else self.q.T
         axis = 0 if self.node.op_type != "MatMul" else 1
-        inits = [helper.make_tensor("Wq", TensorProto.INT4, q.shape, q.ravel().tolist()),
-                 numpy_helper.from_array(self.scales, "Ws"),
-                 numpy_helper.from_array(np.array(xs, np.float32), "Xs"),
-                 numpy_helper.from_array(np.array(xzp, np.uint8), "Xz"), *self._bias_inits()]
-        nodes = [helper.make_node("QuantizeLinear", ["X", "Xs", "Xz"], ["Xq"]),
-                 helper.make_node("DequantizeLinear", ["Xq", "Xs", "Xz"], ["Xd"]),
-                 helper.make_node("DequantizeLinear", ["Wq", "Ws"], ["Wd"], axis=axis),
-                 self._node("Wd")]
+        inits = [
+            helper.make_tensor("Wq", TensorProto.INT4, q.shape, q.ravel().tolist()),
+            numpy_helper.from_array(self.scales, "Ws"),
+            numpy_helper.from_array(np.array(xs, np.float32), "Xs"),
+            numpy_helper.from_array(np.array(xzp, np.uint8), "Xz"),
+            *self._bias_inits(),
+        ]
+        nodes = [
+            helper.make_node("QuantizeLinear", ["X", "Xs", "Xz"], ["Xq"]),
+            helper.make_node("DequantizeLinear", ["Xq", "Xs", "Xz"], ["Xd"]),
+            helper.make_node("DequantizeLinear", ["Wq", "Ws"], ["Wd"], axis=axis),
+            self._node("Wd"),
+        ]
         return _model(nodes, self.x, inits, {"": 21})
 
     def nbits_model(self, a: np.ndarray) -> onnx.ModelProto:
@@ -179,24 +206,39 @@ class _Layer:
         packed = (codes[:, 0::2] | (codes[:, 1::2] << 4)).reshape(n, blocks, block // 2)
         scales = np.repeat(self.scales, blocks).astype(np.float32)
         inputs = ["X", "Wp", "Ws"] + ([] if self.bias is None else ["", "", "B"])
-        node = helper.make_node("MatMulNBits", inputs, ["Y"], domain="com.microsoft",
-                                K=k, N=n, bits=4, block_size=block, accuracy_level=4)
-        inits = [numpy_helper.from_array(packed, "Wp"), numpy_helper.from_array(scales, "Ws"),
-                 *self._bias_inits()]
+        node = helper.make_node(
+            "MatMulNBits",
+            inputs,
+            ["Y"],
+            domain="com.microsoft",
+            K=k,
+            N=n,
+            bits=4,
+            block_size=block,
+            accuracy_level=4,
+        )
+        inits = [
+            numpy_helper.from_array(packed, "Wp"),
+            numpy_helper.from_array(scales, "Ws"),
+            *self._bias_inits(),
+        ]
         return _model([node], a, inits, {"": 21, "com.microsoft": 1})
 
     def ours(self, threads: int) -> Callable[[], object]:
         packed = kernels.pack_int4(self.q.reshape(self.q.shape[0], -1))
         if self.node.op_type == "Conv":
             kw = self.conv_kwargs()
-            return lambda: kernels.conv2d_int4(self.x, packed, self.scales, bias=self.bias,
-                                               threads=threads, **kw)
-        return lambda: kernels.matmul_int4(self.x, packed, self.scales, bias=self.bias,
-                                           threads=threads)
+            return lambda: kernels.conv2d_int4(
+                self.x, packed, self.scales, bias=self.bias, threads=threads, **kw
+            )
+        return lambda: kernels.matmul_int4(
+            self.x, packed, self.scales, bias=self.bias, threads=threads
+        )
 
 
-def _capture_inputs(proto: onnx.ModelProto, names: list[str], feeds: dict[str, np.ndarray],
-                    threads: int) -> dict[str, np.ndarray]:
+def _capture_inputs(
+    proto: onnx.ModelProto, names: list[str], feeds: dict[str, np.ndarray], threads: int
+) -> dict[str, np.ndarray]:
     """Run the model once with every layer input exposed as an output."""
     m = onnx.ModelProto()
     m.CopyFrom(proto)
@@ -210,12 +252,18 @@ def _capture_inputs(proto: onnx.ModelProto, names: list[str], feeds: dict[str, n
 
 
 def _time_layer(layer: _Layer, threads: int, rounds: int) -> dict[str, Any]:
-    row: dict[str, Any] = {"node": layer.node.name, "op": layer.node.op_type,
-                           "input_shape": list(layer.x.shape), "weight_shape": list(layer.w.shape)}
+    row: dict[str, Any] = {
+        "node": layer.node.name,
+        "op": layer.node.op_type,
+        "input_shape": list(layer.x.shape),
+        "weight_shape": list(layer.w.shape),
+    }
     feed = {"X": layer.x}
     fp32, qdq = _session(layer.fp32_model(), threads), _session(layer.qdq_model(), threads)
-    fns: dict[str, Callable[[], object]] = {"ort_fp32_us": lambda: fp32.run(None, feed),
-                                            "ort_qdq_us": lambda: qdq.run(None, feed)}
+    fns: dict[str, Callable[[], object]] = {
+        "ort_fp32_us": lambda: fp32.run(None, feed),
+        "ort_qdq_us": lambda: qdq.run(None, feed),
+    }
     a = layer.matmul_input()
     if a is not None:
         nb = _session(layer.nbits_model(a), threads)
@@ -230,9 +278,16 @@ def _time_layer(layer: _Layer, threads: int, rounds: int) -> dict[str, Any]:
     return row
 
 
-def bench(model_path: str | os.PathLike[str], *, threads: int | None = None,
-          qdq_path: str | os.PathLike[str] | None = None, batch: int = 1, rounds: int = 5,
-          layers: bool = True, seed: int = 0) -> dict[str, Any]:
+def bench(
+    model_path: str | os.PathLike[str],
+    *,
+    threads: int | None = None,
+    qdq_path: str | os.PathLike[str] | None = None,
+    batch: int = 1,
+    rounds: int = 5,
+    layers: bool = True,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Time a model end to end and per quantizable layer (see the module docstring).
 
     Args:
@@ -253,6 +308,7 @@ def bench(model_path: str | os.PathLike[str], *, threads: int | None = None,
     Raises:
         InputError: If a model file is missing or invalid.
         ValidationError: If onnxruntime cannot run a model.
+
     """
     from zerop_deploy.load import random_inputs, read_model
     from zerop_deploy.summary import constant_tensors
@@ -266,39 +322,53 @@ def bench(model_path: str | os.PathLike[str], *, threads: int | None = None,
         sessions["qdq_ms"] = _session(str(qdq_path), threads)
     e2e = _median_times({k: (lambda s=s: s.run(None, feeds)) for k, s in sessions.items()}, rounds)
     doc: dict[str, Any] = {
-        "model": str(model_path), "qdq_model": None if qdq_path is None else str(qdq_path),
-        "threads": threads, "batch": batch,
+        "model": str(model_path),
+        "qdq_model": None if qdq_path is None else str(qdq_path),
+        "threads": threads,
+        "batch": batch,
         "kernels": {"available": kernels.available(), **kernels.cpu_features()},
-        "end_to_end": {"fp32_ms": round(e2e["fp32_ms"] * 1e3, 3),
-                       "qdq_ms": round(e2e["qdq_ms"] * 1e3, 3) if "qdq_ms" in e2e else None},
-        "layers": [], "totals": {},
+        "end_to_end": {
+            "fp32_ms": round(e2e["fp32_ms"] * 1e3, 3),
+            "qdq_ms": round(e2e["qdq_ms"] * 1e3, 3) if "qdq_ms" in e2e else None,
+        },
+        "layers": [],
+        "totals": {},
     }
     if layers:
         consts = {k: numpy_helper.to_array(t) for k, t in constant_tensors(proto.graph).items()}
-        nodes = [n for n in proto.graph.node
-                 if n.op_type in _QOPS and len(n.input) > 1 and n.input[1] in consts]
+        nodes = [
+            n
+            for n in proto.graph.node
+            if n.op_type in _QOPS and len(n.input) > 1 and n.input[1] in consts
+        ]
         acts = _capture_inputs(proto, [n.input[0] for n in nodes], feeds, threads)
-        doc["layers"] = [_time_layer(_Layer(n, consts, acts[n.input[0]]), threads, rounds)
-                         for n in nodes]
-    doc["totals"] = {k: round(sum(r[k] for r in doc["layers"] if r[k] is not None), 1)
-                     for k in VARIANTS}
+        doc["layers"] = [
+            _time_layer(_Layer(n, consts, acts[n.input[0]]), threads, rounds) for n in nodes
+        ]
+    doc["totals"] = {
+        k: round(sum(r[k] for r in doc["layers"] if r[k] is not None), 1) for k in VARIANTS
+    }
     return doc
 
 
 def format_bench(doc: dict[str, Any]) -> str:
-    """A plain-text table of :func:`bench`'s result."""
+    """Format :func:`bench`'s result as a plain-text table."""
     e2e = doc["end_to_end"]
-    lines = [f"model: {doc['model']}  (batch {doc['batch']}, {doc['threads']} threads, "
-             f"int4 kernels: {'yes' if doc['kernels']['available'] else 'not built'}"
-             f"{', AVX512-VNNI' if doc['kernels'].get('avx512vnni') else ''}"
-             f"{', AVX2' if doc['kernels'].get('avx2') else ''})",
-             f"end to end, onnxruntime: fp32 {e2e['fp32_ms']:.3f} ms"
-             + (f", QDQ {e2e['qdq_ms']:.3f} ms ({doc['qdq_model']})" if e2e["qdq_ms"] else "")]
+    lines = [
+        f"model: {doc['model']}  (batch {doc['batch']}, {doc['threads']} threads, "
+        f"int4 kernels: {'yes' if doc['kernels']['available'] else 'not built'}"
+        f"{', AVX512-VNNI' if doc['kernels'].get('avx512vnni') else ''}"
+        f"{', AVX2' if doc['kernels'].get('avx2') else ''})",
+        f"end to end, onnxruntime: fp32 {e2e['fp32_ms']:.3f} ms"
+        + (f", QDQ {e2e['qdq_ms']:.3f} ms ({doc['qdq_model']})" if e2e["qdq_ms"] else ""),
+    ]
     if not doc["layers"]:
         return "\n".join(lines)
     head = ["node", "op", "ort fp32", "ort QDQ", "MatMulNBits", "ours int4"]
-    rows = [[r["node"], r["op"], *("-" if r[k] is None else f"{r[k]:.0f}" for k in VARIANTS)]
-            for r in doc["layers"]]
+    rows = [
+        [r["node"], r["op"], *("-" if r[k] is None else f"{r[k]:.0f}" for k in VARIANTS)]
+        for r in doc["layers"]
+    ]
     rows.append(["TOTAL (us)", "", *(f"{doc['totals'][k]:.0f}" for k in VARIANTS)])
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows, strict=True)]
     fmt = "  ".join(f"{{:{'<' if i < 2 else '>'}{w}}}" for i, w in enumerate(widths))

@@ -1,9 +1,10 @@
 """The Python face of the native packed-int4 kernels (``kernels/core``, built as ``_kernels``).
 
-The API is DESIGN.md's "Kernel API": :func:`available`, :func:`pack_int4`, :func:`matmul_int4`, plus
-:func:`matmul_int4_quantized` for activations that a QDQ graph already quantized, and the convolutions
-:func:`conv2d_int4` / :func:`conv2d_int4_quantized`. Every function takes numpy arrays, validates
-shapes, dtypes and contiguity with a ValueError that says what is wrong, and runs with the GIL released.
+The API is DESIGN.md's "Kernel API": :func:`available`, :func:`pack_int4`, :func:`matmul_int4`,
+plus :func:`matmul_int4_quantized` for activations that a QDQ graph already quantized, and the
+convolutions :func:`conv2d_int4` / :func:`conv2d_int4_quantized`. Every function takes numpy arrays,
+validates shapes, dtypes and contiguity with a ValueError that says what is wrong, and runs with the
+GIL released.
 
 Worked example (one row, per-channel scales)::
 
@@ -68,7 +69,8 @@ def _lib():  # type: ignore[no-untyped-def]
         raise KernelsUnavailableError(
             "the native int4 kernels (zerop_deploy._kernels) are not built "
             f"({_IMPORT_ERROR}): install a C++17 compiler (g++ >= 9) and reinstall zerop-deploy "
-            "(pip install --force-reinstall --no-deps zerop-deploy, or pip install -e . in a checkout)"
+            "(pip install --force-reinstall --no-deps zerop-deploy, or pip install -e . in a "
+            "checkout)"
         )
     return _native
 
@@ -84,6 +86,7 @@ def pack_int4(w: np.ndarray) -> np.ndarray:
 
     Raises:
         ValueError: If ``w`` is not 2-D or holds a value outside -8..7.
+
     """
     from zerop_deploy.quant.primitives import pack_int4 as _pack
 
@@ -122,8 +125,14 @@ def _check_group(group_size: int) -> int:
     return int(group_size)
 
 
-def _check_common(packed: np.ndarray, scales: np.ndarray, bias: np.ndarray | None, k: int,
-                  group_size: int, threads: int) -> None:
+def _check_common(
+    packed: np.ndarray,
+    scales: np.ndarray,
+    bias: np.ndarray | None,
+    k: int,
+    group_size: int,
+    threads: int,
+) -> None:
     n = packed.shape[0]
     if packed.shape[1] != (k + 1) // 2:
         raise ValueError(
@@ -131,16 +140,25 @@ def _check_common(packed: np.ndarray, scales: np.ndarray, bias: np.ndarray | Non
         )
     want = (n,) if group_size == 0 else (-(-k // group_size), n)
     if scales.shape != want:
-        raise ValueError(f"scales must have shape {want} for group_size={group_size}, got {scales.shape}")
+        raise ValueError(
+            f"scales must have shape {want} for group_size={group_size}, got {scales.shape}"
+        )
     if bias is not None and bias.shape != (n,):
         raise ValueError(f"bias must have shape ({n},), got {bias.shape}")
     if not isinstance(threads, int | np.integer) or threads < 0:
         raise ValueError(f"threads must be an integer >= 0 (0 = all cores), got {threads!r}")
 
 
-def matmul_int4(x: np.ndarray, packed: np.ndarray, scales: np.ndarray, *,
-                bias: np.ndarray | None = None, group_size: int = 0, threads: int = 0,
-                impl: str | None = None) -> np.ndarray:
+def matmul_int4(
+    x: np.ndarray,
+    packed: np.ndarray,
+    scales: np.ndarray,
+    *,
+    bias: np.ndarray | None = None,
+    group_size: int = 0,
+    threads: int = 0,
+    impl: str | None = None,
+) -> np.ndarray:
     """``y = x @ dequant(w).T`` with int4 weights and per-row int8 activations (DESIGN.md).
 
     Args:
@@ -159,6 +177,7 @@ def matmul_int4(x: np.ndarray, packed: np.ndarray, scales: np.ndarray, *,
     Raises:
         ValueError: On a shape, dtype or contiguity mismatch.
         KernelsUnavailableError: If the native kernels were not built.
+
     """
     lib = _lib()
     group_size = _check_group(group_size)
@@ -179,10 +198,18 @@ def _zero_point(xq: np.ndarray, zero_point: int) -> int:
     return int(zero_point)
 
 
-def matmul_int4_quantized(xq: np.ndarray, x_scale: float, x_zero_point: int, packed: np.ndarray,
-                          scales: np.ndarray, *, bias: np.ndarray | None = None,
-                          group_size: int = 0, threads: int = 0,
-                          impl: str | None = None) -> np.ndarray:
+def matmul_int4_quantized(
+    xq: np.ndarray,
+    x_scale: float,
+    x_zero_point: int,
+    packed: np.ndarray,
+    scales: np.ndarray,
+    *,
+    bias: np.ndarray | None = None,
+    group_size: int = 0,
+    threads: int = 0,
+    impl: str | None = None,
+) -> np.ndarray:
     """Like :func:`matmul_int4` for activations already quantized per tensor (QDQ semantics).
 
     ``y[m, n] = x_scale * sum_g scales[g, n] * sum_{k in g} (xq[m, k] - x_zero_point) * w[n, k]
@@ -201,6 +228,7 @@ def matmul_int4_quantized(xq: np.ndarray, x_scale: float, x_zero_point: int, pac
 
     Returns:
         float32 ``[M, N]``.
+
     """
     lib = _lib()
     group_size = _check_group(group_size)
@@ -211,10 +239,20 @@ def matmul_int4_quantized(xq: np.ndarray, x_scale: float, x_zero_point: int, pac
     _check_common(packed, scales, bias, xq.shape[1], group_size, threads)
     zp = _zero_point(xq, x_zero_point)
     y = np.empty((xq.shape[0], packed.shape[0]), dtype=np.float32)
-    lib.matmul_q8(xq, xq.dtype == np.uint8, float(x_scale), zp, packed, scales, bias,
-                  int(group_size), y, int(threads), _impl(impl))
+    lib.matmul_q8(
+        xq,
+        xq.dtype == np.uint8,
+        float(x_scale),
+        zp,
+        packed,
+        scales,
+        bias,
+        int(group_size),
+        y,
+        int(threads),
+        _impl(impl),
+    )
     return y
-
 
 
 def _pair(v: int | Sequence[int], name: str) -> tuple[int, int]:
@@ -225,7 +263,7 @@ def _pair(v: int | Sequence[int], name: str) -> tuple[int, int]:
 
 
 def _pads(padding: int | Sequence[int]) -> tuple[int, int, int, int]:
-    """``padding`` as ONNX ``pads`` order (top, left, bottom, right)."""
+    """Return ``padding`` in ONNX ``pads`` order (top, left, bottom, right)."""
     if isinstance(padding, int | np.integer):
         return (int(padding),) * 4  # type: ignore[return-value]
     p = tuple(int(i) for i in padding)
@@ -233,13 +271,21 @@ def _pads(padding: int | Sequence[int]) -> tuple[int, int, int, int]:
         return (p[0], p[1], p[0], p[1])
     if len(p) == 4:
         return p  # type: ignore[return-value]
-    raise ValueError(f"padding must be an int, (pad_h, pad_w) or (top, left, bottom, right), got {padding!r}")
+    raise ValueError(
+        f"padding must be an int, (pad_h, pad_w) or (top, left, bottom, right), got {padding!r}"
+    )
 
 
-def _conv_shape(x_shape: tuple[int, ...], packed: np.ndarray, kernel_size: int | Sequence[int],
-                stride: int | Sequence[int], padding: int | Sequence[int],
-                dilation: int | Sequence[int], groups: int) -> tuple[tuple[int, ...], tuple[int, int]]:
-    """Validate a convolution and return the 16-integer shape the core expects and (out_h, out_w)."""
+def _conv_shape(
+    x_shape: tuple[int, ...],
+    packed: np.ndarray,
+    kernel_size: int | Sequence[int],
+    stride: int | Sequence[int],
+    padding: int | Sequence[int],
+    dilation: int | Sequence[int],
+    groups: int,
+) -> tuple[tuple[int, ...], tuple[int, int]]:
+    """Validate a convolution; return the core's 16-integer shape and (out_h, out_w)."""
     b, c_in, h, w = x_shape
     c_out = packed.shape[0]
     kh, kw = _pair(kernel_size, "kernel_size")
@@ -264,8 +310,9 @@ def _conv_shape(x_shape: tuple[int, ...], packed: np.ndarray, kernel_size: int |
     return shape, (oh, ow)
 
 
-def _conv_args(packed: np.ndarray, scales: np.ndarray, bias: np.ndarray | None,
-               threads: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def _conv_args(
+    packed: np.ndarray, scales: np.ndarray, bias: np.ndarray | None, threads: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     packed = _array(packed, "packed", np.uint8, 2)
     scales = _array(scales, "scales", np.float32, 1)
     bias = None if bias is None else _array(bias, "bias", np.float32, 1)
@@ -273,11 +320,20 @@ def _conv_args(packed: np.ndarray, scales: np.ndarray, bias: np.ndarray | None,
     return packed, scales, bias
 
 
-def conv2d_int4(x: np.ndarray, packed: np.ndarray, scales: np.ndarray, *,
-                kernel_size: int | Sequence[int], bias: np.ndarray | None = None,
-                stride: int | Sequence[int] = 1, padding: int | Sequence[int] = 0,
-                dilation: int | Sequence[int] = 1, groups: int = 1, threads: int = 0,
-                impl: str | None = None) -> np.ndarray:
+def conv2d_int4(
+    x: np.ndarray,
+    packed: np.ndarray,
+    scales: np.ndarray,
+    *,
+    kernel_size: int | Sequence[int],
+    bias: np.ndarray | None = None,
+    stride: int | Sequence[int] = 1,
+    padding: int | Sequence[int] = 0,
+    dilation: int | Sequence[int] = 1,
+    groups: int = 1,
+    threads: int = 0,
+    impl: str | None = None,
+) -> np.ndarray:
     """2-D convolution (NCHW) with int4 weights; each image is quantized to symmetric int8.
 
     Image b is quantized with ``s_b = max|x[b]| / 127`` (1 if all zero),
@@ -286,7 +342,8 @@ def conv2d_int4(x: np.ndarray, packed: np.ndarray, scales: np.ndarray, *,
 
     Args:
         x: float32 ``[B, C_in, H, W]``.
-        packed: ``pack_int4(w.reshape(C_out, -1))`` of int4 weights ``[C_out, C_in/groups, kH, kW]``.
+        packed: ``pack_int4(w.reshape(C_out, -1))`` of int4 weights
+            ``[C_out, C_in/groups, kH, kW]``.
         scales: float32 ``[C_out]`` per-output-channel weight scales.
         kernel_size: ``kH`` and ``kW`` (an int or a pair).
         bias: Optional float32 ``[C_out]``.
@@ -299,6 +356,7 @@ def conv2d_int4(x: np.ndarray, packed: np.ndarray, scales: np.ndarray, *,
 
     Returns:
         float32 ``[B, C_out, H_out, W_out]``.
+
     """
     lib = _lib()
     x = _array(x, "x", np.float32, 4)
@@ -309,12 +367,22 @@ def conv2d_int4(x: np.ndarray, packed: np.ndarray, scales: np.ndarray, *,
     return y
 
 
-def conv2d_int4_quantized(xq: np.ndarray, x_scale: float, x_zero_point: int, packed: np.ndarray,
-                          scales: np.ndarray, *, kernel_size: int | Sequence[int],
-                          bias: np.ndarray | None = None, stride: int | Sequence[int] = 1,
-                          padding: int | Sequence[int] = 0, dilation: int | Sequence[int] = 1,
-                          groups: int = 1, threads: int = 0,
-                          impl: str | None = None) -> np.ndarray:
+def conv2d_int4_quantized(
+    xq: np.ndarray,
+    x_scale: float,
+    x_zero_point: int,
+    packed: np.ndarray,
+    scales: np.ndarray,
+    *,
+    kernel_size: int | Sequence[int],
+    bias: np.ndarray | None = None,
+    stride: int | Sequence[int] = 1,
+    padding: int | Sequence[int] = 0,
+    dilation: int | Sequence[int] = 1,
+    groups: int = 1,
+    threads: int = 0,
+    impl: str | None = None,
+) -> np.ndarray:
     """:func:`conv2d_int4` for an input already quantized per tensor (QDQ semantics).
 
     The real input is ``(xq - x_zero_point) * x_scale``; padding holds the real value 0.
@@ -336,6 +404,7 @@ def conv2d_int4_quantized(xq: np.ndarray, x_scale: float, x_zero_point: int, pac
 
     Returns:
         float32 ``[B, C_out, H_out, W_out]``.
+
     """
     lib = _lib()
     xq = _array(xq, "xq", (np.uint8, np.int8), 4)
@@ -343,11 +412,22 @@ def conv2d_int4_quantized(xq: np.ndarray, x_scale: float, x_zero_point: int, pac
     shape, (oh, ow) = _conv_shape(xq.shape, packed, kernel_size, stride, padding, dilation, groups)
     zp = _zero_point(xq, x_zero_point)
     y = np.empty((xq.shape[0], packed.shape[0], oh, ow), dtype=np.float32)
-    lib.conv_q8(xq, xq.dtype == np.uint8, float(x_scale), zp, shape, packed, scales, bias, y,
-                int(threads), _impl(impl))
+    lib.conv_q8(
+        xq,
+        xq.dtype == np.uint8,
+        float(x_scale),
+        zp,
+        shape,
+        packed,
+        scales,
+        bias,
+        y,
+        int(threads),
+        _impl(impl),
+    )
     return y
 
 
 def read_probe(buf: np.ndarray, threads: int = 0) -> int:
-    """Read every byte of ``buf`` (uint8, contiguous) on ``threads`` threads; for bandwidth probes."""
+    """Read every byte of ``buf`` (uint8, contiguous) on ``threads`` threads (a bandwidth probe)."""
     return int(_lib().read_probe(_array(buf, "buf", np.uint8, 1), int(threads)))

@@ -11,15 +11,15 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-
 SPIN = False
 """Whether onnxruntime's idle worker threads spin (its default) or sleep between runs. Spinning
 threads keep burning the cores after a run, which slows whatever is timed next in the same process
-(our kernel, or another session) on a 2-core machine; the benchmarks turn it off unless --ort-spin."""
+(our kernel, or another session) on a 2-core machine; the benchmarks turn it off unless
+--ort-spin."""
 
 
 def session(model: onnx.ModelProto, threads: int) -> ort.InferenceSession:
-    """An onnxruntime CPU session with a fixed intra-op thread count."""
+    """Create an onnxruntime CPU session with a fixed intra-op thread count."""
     so = ort.SessionOptions()
     so.add_session_config_entry("session.intra_op.allow_spinning", "1" if SPIN else "0")
     so.intra_op_num_threads = threads
@@ -29,10 +29,17 @@ def session(model: onnx.ModelProto, threads: int) -> ort.InferenceSession:
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
-def _model(node: onnx.NodeProto, m: int, k: int, n: int, inits: list[onnx.TensorProto],
-           opsets: list[tuple[str, int]]) -> onnx.ModelProto:
+def _model(
+    node: onnx.NodeProto,
+    m: int,
+    k: int,
+    n: int,
+    inits: list[onnx.TensorProto],
+    opsets: list[tuple[str, int]],
+) -> onnx.ModelProto:
     graph = helper.make_graph(
-        [node], "bench",
+        [node],
+        "bench",
         [helper.make_tensor_value_info("A", TensorProto.FLOAT, [m, k])],
         [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [m, n])],
         initializer=inits,
@@ -46,12 +53,14 @@ def matmul_fp32_model(w_kn: np.ndarray, m: int) -> onnx.ModelProto:
     """Y = A @ B with a float32 [K, N] initializer."""
     k, n = w_kn.shape
     node = helper.make_node("MatMul", ["A", "B"], ["Y"])
-    return _model(node, m, k, n, [numpy_helper.from_array(w_kn.astype(np.float32), "B")],
-                  [("", 17)])
+    return _model(
+        node, m, k, n, [numpy_helper.from_array(w_kn.astype(np.float32), "B")], [("", 17)]
+    )
 
 
-def matmul_nbits_model(w: np.ndarray, scales: np.ndarray, block: int, m: int,
-                       accuracy_level: int = 4) -> onnx.ModelProto:
+def matmul_nbits_model(
+    w: np.ndarray, scales: np.ndarray, block: int, m: int, accuracy_level: int = 4
+) -> onnx.ModelProto:
     """com.microsoft MatMulNBits (bits=4) for int4 weights w [N, K] and scales [ceil(K/block), N].
 
     Codes are w + 8 with the default zero point 8, so ``(code - 8) * scale == w * scale``.
@@ -62,16 +71,26 @@ def matmul_nbits_model(w: np.ndarray, scales: np.ndarray, block: int, m: int,
     codes[:, :k] = (w.astype(np.int16) + 8).astype(np.uint8)
     packed = (codes[:, 0::2] | (codes[:, 1::2] << 4)).reshape(n, blocks, block // 2)
     node = helper.make_node(
-        "MatMulNBits", ["A", "B", "scales"], ["Y"], domain="com.microsoft",
-        K=k, N=n, bits=4, block_size=block, accuracy_level=accuracy_level,
+        "MatMulNBits",
+        ["A", "B", "scales"],
+        ["Y"],
+        domain="com.microsoft",
+        K=k,
+        N=n,
+        bits=4,
+        block_size=block,
+        accuracy_level=accuracy_level,
     )
-    inits = [numpy_helper.from_array(packed, "B"),
-             numpy_helper.from_array(np.ascontiguousarray(scales.T).reshape(-1), "scales")]
+    inits = [
+        numpy_helper.from_array(packed, "B"),
+        numpy_helper.from_array(np.ascontiguousarray(scales.T).reshape(-1), "scales"),
+    ]
     return _model(node, m, k, n, inits, [("", 17), ("com.microsoft", 1)])
 
 
-def interleaved_median(fns: dict[str, Callable[[], object]], *, rounds: int = 7,
-                       min_seconds: float = 0.05) -> dict[str, float]:
+def interleaved_median(
+    fns: dict[str, Callable[[], object]], *, rounds: int = 7, min_seconds: float = 0.05
+) -> dict[str, float]:
     """Median seconds per call of each fn, timed in interleaved rounds so noise hits all alike."""
     reps = {}
     for name, fn in fns.items():

@@ -1,12 +1,13 @@
-"""GEMV/GEMM microbenchmark: our int4 kernel vs onnxruntime fp32 MatMul and MatMulNBits, in one process.
+"""GEMV/GEMM microbenchmark: our int4 kernel vs onnxruntime fp32 MatMul and MatMulNBits.
 
-Also measures the machine's read bandwidth (a multithreaded C++ read loop over 1 GiB, and a numpy sum)
-so that the kernel's effective weight bandwidth can be compared with it.
+All variants run in one process, timed in interleaved rounds. Also measures the machine's read
+bandwidth (a multithreaded C++ read loop over 1 GiB, and a numpy sum) so that the kernel's effective
+weight bandwidth can be compared with it.
 
     python kernels/bench/gemv.py --threads 2 --m 1 --k 4096 --n 4096 --cache both --json out.json
 
-``--cache hot`` reuses one weight matrix (8 MiB packed: it can sit in the 32 MiB L3); ``cold`` rotates
-over enough copies (>= 4x the L3 size) that every call reads its weights from DRAM.
+``--cache hot`` reuses one weight matrix (8 MiB packed: it can sit in the 32 MiB L3); ``cold``
+rotates over enough copies (>= 4x the L3 size) that every call reads its weights from DRAM.
 """
 
 from __future__ import annotations
@@ -48,8 +49,9 @@ def _rotating(items: list) -> object:
     return nxt
 
 
-def bench_case(m: int, k: int, n: int, block: int, threads: int, copies: int,
-               rng: np.random.Generator) -> dict[str, float]:
+def bench_case(
+    m: int, k: int, n: int, block: int, threads: int, copies: int, rng: np.random.Generator
+) -> dict[str, float]:
     """Seconds per call of each variant for one shape and block size."""
     ws = [rng.integers(-8, 8, size=(n, k), dtype=np.int8) for _ in range(copies)]
     groups = -(-k // block)
@@ -58,16 +60,23 @@ def bench_case(m: int, k: int, n: int, block: int, threads: int, copies: int,
     packed = [kernels.pack_int4(w) for w in ws]
     x = rng.standard_normal((m, k), dtype=np.float32)
     feed = {"A": x}
-    nbits = [session(matmul_nbits_model(w, s, block, m), threads) for w, s in zip(ws, scales)]
-    fp32 = [session(matmul_fp32_model((w.astype(np.float32) * s[0]).T.copy(), m), threads)
-            for w, s in zip(ws, scales)]
+    nbits = [
+        session(matmul_nbits_model(w, s, block, m), threads)
+        for w, s in zip(ws, scales, strict=True)
+    ]
+    fp32 = [
+        session(matmul_fp32_model((w.astype(np.float32) * s[0]).T.copy(), m), threads)
+        for w, s in zip(ws, scales, strict=True)
+    ]
     del ws
     idx = _rotating(list(range(copies)))
     fns = {
         f"ours_g{block}": lambda: kernels.matmul_int4(
-            x, packed[(i := idx())], scales[i], group_size=block, threads=threads),
+            x, packed[(i := idx())], scales[i], group_size=block, threads=threads
+        ),
         "ours_per_channel": lambda: kernels.matmul_int4(
-            x, packed[(i := idx())], pc_scales[i], threads=threads),
+            x, packed[(i := idx())], pc_scales[i], threads=threads
+        ),
         f"ort_matmulnbits_b{block}_acc4": lambda: nbits[idx()].run(None, feed),
         "ort_fp32_matmul": lambda: fp32[idx()].run(None, feed),
     }
@@ -75,6 +84,7 @@ def bench_case(m: int, k: int, n: int, block: int, threads: int, copies: int,
 
 
 def main() -> None:
+    """Run the benchmark and print (and optionally write) the results."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--m", type=int, nargs="+", default=[1])
@@ -88,8 +98,10 @@ def main() -> None:
     common.SPIN = args.ort_spin
     rng = np.random.default_rng(0)
     bw = read_bandwidth(args.threads)
-    print(f"read bandwidth, {args.threads} threads: C++ loop {bw['cpp_read_gbs']:.1f} GB/s, "
-          f"numpy sum (1 thread) {bw['numpy_sum_gbs']:.1f} GB/s")
+    print(
+        f"read bandwidth, {args.threads} threads: C++ loop {bw['cpp_read_gbs']:.1f} GB/s, "
+        f"numpy sum (1 thread) {bw['numpy_sum_gbs']:.1f} GB/s"
+    )
     weight_bytes = args.n * ((args.k + 1) // 2)
     modes = ["hot", "cold"] if args.cache == "both" else [args.cache]
     rows = []
@@ -99,18 +111,28 @@ def main() -> None:
             for block in args.blocks:
                 t = bench_case(m, args.k, args.n, block, args.threads, copies, rng)
                 ours, nb = t[f"ours_g{block}"], t[f"ort_matmulnbits_b{block}_acc4"]
-                row = {"cache": mode, "m": m, "k": args.k, "n": args.n, "block": block,
-                       "threads": args.threads, "us": {key: v * 1e6 for key, v in t.items()},
-                       "speedup_vs_nbits": nb / ours,
-                       "speedup_per_channel_vs_nbits": nb / t["ours_per_channel"],
-                       "ours_weight_gbs": weight_bytes / ours / 1e9,
-                       "ours_per_channel_weight_gbs": weight_bytes / t["ours_per_channel"] / 1e9}
+                row = {
+                    "cache": mode,
+                    "m": m,
+                    "k": args.k,
+                    "n": args.n,
+                    "block": block,
+                    "threads": args.threads,
+                    "us": {key: v * 1e6 for key, v in t.items()},
+                    "speedup_vs_nbits": nb / ours,
+                    "speedup_per_channel_vs_nbits": nb / t["ours_per_channel"],
+                    "ours_weight_gbs": weight_bytes / ours / 1e9,
+                    "ours_per_channel_weight_gbs": weight_bytes / t["ours_per_channel"] / 1e9,
+                }
                 rows.append(row)
                 us = "  ".join(f"{key} {v:8.1f}" for key, v in row["us"].items())
-                print(f"[{mode}] M={m} K={args.k} N={args.n} block={block}: {us} us | "
-                      f"ours/nbits speedup {row['speedup_vs_nbits']:.2f}x "
-                      f"(per-channel {row['speedup_per_channel_vs_nbits']:.2f}x) | "
-                      f"ours {row['ours_weight_gbs']:.1f} GB/s of weights", flush=True)
+                print(
+                    f"[{mode}] M={m} K={args.k} N={args.n} block={block}: {us} us | "
+                    f"ours/nbits speedup {row['speedup_vs_nbits']:.2f}x "
+                    f"(per-channel {row['speedup_per_channel_vs_nbits']:.2f}x) | "
+                    f"ours {row['ours_weight_gbs']:.1f} GB/s of weights",
+                    flush=True,
+                )
     if args.json:
         args.json.write_text(json.dumps({"bandwidth": bw, "rows": rows}, indent=2))
 

@@ -21,8 +21,8 @@ zerop::Impl impl_from(const std::string& name) {
   if (name == "scalar") return zerop::Impl::kScalar;
   if (name == "avx2") return zerop::Impl::kAvx2;
   if (name == "avx512vnni") return zerop::Impl::kVnni;
-  throw std::invalid_argument("impl must be 'auto', 'scalar', 'avx2' or 'avx512vnni', got '" + name +
-                              "'");
+  throw std::invalid_argument("impl must be 'auto', 'scalar', 'avx2' or 'avx512vnni', got '" +
+                              name + "'");
 }
 
 const float* opt_ptr(const py::object& a) {
@@ -60,7 +60,8 @@ zerop::ConvShape conv_shape(const py::tuple& t) {
   if (t.size() != 16) throw std::invalid_argument("conv shape tuple needs 16 integers");
   int64_t v[16];
   for (size_t i = 0; i < 16; ++i) v[i] = t[i].cast<int64_t>();
-  return {v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], v[10], v[11], v[12], v[13], v[14], v[15]};
+  return {v[0], v[1], v[2],  v[3],  v[4],  v[5],  v[6],  v[7],
+          v[8], v[9], v[10], v[11], v[12], v[13], v[14], v[15]};
 }
 
 void conv_f32(F32 x, py::tuple shape, U8 packed, F32 scales, py::object bias, F32 y, int threads,

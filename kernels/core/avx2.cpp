@@ -1,8 +1,10 @@
 // AVX2 implementation of the integer inner loops. Only these functions carry the avx2/fma target
-// attribute, so the library still loads on CPUs without AVX2 (the dispatcher never calls them there).
+// attribute, so the library still loads on CPUs without AVX2 (the dispatcher never calls them
+// there).
 //
-// Inner product trick: weight nibbles are used offset by +8 (0..15, unsigned: an xor and a mask away
-// from the packed byte) as the unsigned operand of vpmaddubsw, activations (-128..127) as the signed one:
+// Inner product trick: weight nibbles are used offset by +8 (0..15, unsigned: an xor and a mask
+// away from the packed byte) as the unsigned operand of vpmaddubsw, activations (-128..127) as the
+// signed one:
 //   sum a*w = sum a*(w+8) - 8*sum a,
 // and the 8*sum a term (`corr`) is computed once per row. A vpmaddubsw pair is at most
 // 2*15*128 = 3840 in magnitude and at most four of them are added in int16 (15360 < 32767): no
@@ -126,7 +128,8 @@ ZEROP_AVX2 void quantize_avx2(const float* x, int64_t n, float s, int8_t* q) {
       f = _mm256_round_ps(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
       v[u] = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(f, lo), hi));
     }
-    const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(v[0], v[1]), _mm256_packs_epi32(v[2], v[3]));
+    const __m256i p =
+        _mm256_packs_epi16(_mm256_packs_epi32(v[0], v[1]), _mm256_packs_epi32(v[2], v[3]));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + i), _mm256_permutevar8x32_epi32(p, order));
   }
   quantize_scalar(x + i, n - i, s, q + i);

@@ -32,7 +32,8 @@ inline int32_t nibble(const uint8_t* row, int64_t k) {
 }
 
 // Weights [C_out, (c_in, kh, kw)] in ONNX packing -> bytes w + 8, [n_pad per group][kc*64] with K
-// running (kh, kw, c_in) like the gathered rows; padding (k >= K, columns >= C_out/groups) is w = 0.
+// running (kh, kw, c_in) like the gathered rows; padding (k >= K, columns >= C_out/groups) is
+// w = 0.
 std::vector<uint8_t> expand_weights(const ConvShape& s, const uint8_t* packed, int64_t kc,
                                     int64_t n_pad, std::vector<int32_t>* wsum) {
   const int64_t cg = s.c_in / s.groups, og = s.c_out / s.groups, taps = s.kh * s.kw;
@@ -144,10 +145,10 @@ void transpose16(const int8_t* src, int64_t lds, int8_t* dst, int64_t ldd, uint8
     const __m128i chi = _mm_unpackhi_epi32(r[4 * q], r[4 * q + 1]);
     const __m128i dlo = _mm_unpacklo_epi32(r[4 * q + 2], r[4 * q + 3]);
     const __m128i dhi = _mm_unpackhi_epi32(r[4 * q + 2], r[4 * q + 3]);
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + (4 * q) * ldd), _mm_unpacklo_epi64(clo, dlo));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + (4 * q + 1) * ldd), _mm_unpackhi_epi64(clo, dlo));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + (4 * q + 2) * ldd), _mm_unpacklo_epi64(chi, dhi));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + (4 * q + 3) * ldd), _mm_unpackhi_epi64(chi, dhi));
+    const __m128i out[4] = {_mm_unpacklo_epi64(clo, dlo), _mm_unpackhi_epi64(clo, dlo),
+                            _mm_unpacklo_epi64(chi, dhi), _mm_unpackhi_epi64(chi, dhi)};
+    for (int e = 0; e < 4; ++e)
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + (4 * q + e) * ldd), out[e]);
   }
 }
 #endif

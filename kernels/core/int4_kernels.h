@@ -6,8 +6,9 @@
 //   * scales: float32 [N] (group_size == 0) or [ceil(K / group_size), N];
 //   * fp32 activations are quantized per row to symmetric int8:
 //     s = max|x| / 127 (1 for an all-zero row), q = clip(rint(x / s), -127, 127);
-//   * y[m, n] = s_m * sum_g scales[g, n] * sum_{k in g} q[m, k] * w[n, k] + bias[n], the inner sums exact
-//     in int32, the float steps in the same order as quant/primitives.py:matmul_int4_reference.
+//   * y[m, n] = s_m * sum_g scales[g, n] * sum_{k in g} q[m, k] * w[n, k] + bias[n], the inner
+//     sums exact in int32, the float steps in the same order as
+//     quant/primitives.py:matmul_int4_reference.
 #pragma once
 
 #include <cstddef>
@@ -42,7 +43,8 @@ void matmul_int4_q8(const void* xq, bool is_unsigned, float x_scale, int32_t zer
                     int64_t group_size, const float* bias, float* y, int threads, Impl impl);
 
 // A 2-D convolution, NCHW, with weights W[C_out, C_in / groups, kH, kW] flattened to
-// [C_out, (C_in / groups) * kH * kW] and packed like the matmul weights; per-channel scales [C_out].
+// [C_out, (C_in / groups) * kH * kW] and packed like the matmul weights; per-channel scales
+// [C_out].
 struct ConvShape {
   int64_t batch, c_in, h, w;
   int64_t c_out, kh, kw;
@@ -65,8 +67,8 @@ void conv2d_int4_q8(const void* xq, bool is_unsigned, float x_scale, int32_t zer
                     const ConvShape& shape, const uint8_t* packed, const float* scales,
                     const float* bias, float* y, int threads, Impl impl);
 
-// Reads `nbytes` of `buf` with `threads` threads and returns a checksum: a probe of the read bandwidth
-// the benchmarks compare against.
+// Reads `nbytes` of `buf` with `threads` threads and returns a checksum: a probe of the read
+// bandwidth the benchmarks compare against.
 uint64_t read_probe(const uint8_t* buf, size_t nbytes, int threads);
 
 }  // namespace zerop

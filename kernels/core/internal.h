@@ -27,7 +27,8 @@ inline int64_t group_of(const GroupMode& gm, int64_t c, int64_t i) {
 }
 
 // One block product: up to 2 activation rows against kNr weight rows.
-// a: rows of kc*64 int8 in chunk layout (stride lda); w: kNr rows of kc*32 packed bytes (stride ldw);
+// a: rows of kc*64 int8 in chunk layout (stride lda); w: kNr rows of kc*32 packed bytes
+// (stride ldw);
 // corr[r][g] = 8 * sum_{k in g} a[r][k] (stride ldcorr; the AVX2 path needs it).
 // With S[r][g][j] = sum_{k in g} a[r][k] * w[j][k] (exact, int32):
 //   sc == nullptr: out[r][g][j] = S (out rows of (G + 1) * kNr int32, stride ldout);

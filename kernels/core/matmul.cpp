@@ -22,7 +22,8 @@ const uint8_t* weight_block(const WeightSpec& ws, int64_t nb, int cols, std::vec
   }
   buf.assign(static_cast<size_t>(kNr * row), 0);
   for (int j = 0; j < cols; ++j)
-    std::memcpy(buf.data() + j * row, ws.packed + (nb + j) * ws.ldw, static_cast<size_t>(ws.row_bytes));
+    std::memcpy(buf.data() + j * row, ws.packed + (nb + j) * ws.ldw,
+                static_cast<size_t>(ws.row_bytes));
   *ldw = row;
   return buf.data();
 }
@@ -63,7 +64,8 @@ void gemm_rows(const Kernels& kn, const WeightSpec& ws, int64_t rows, const int8
   const int64_t ldout = (groups + 1) * kNr;
   s.sc.resize(static_cast<size_t>(std::max<int64_t>(groups, 1) * kNr));
   for (int64_t nb = n0; nb < n1; nb += kNr) {
-    if (rows == 1 && ws.a_offset == 0 && ws.row_bytes == ws.kc * kChunkBytes && nb + 2 * kNr <= n1) {
+    const bool in_place = ws.row_bytes == ws.kc * kChunkBytes;
+    if (rows == 1 && ws.a_offset == 0 && in_place && nb + 2 * kNr <= n1) {
       wide_block(kn, ws, a, corr, rs[0], nb, y + nb * y_col, y_col);
       nb += kNr;
       continue;
@@ -203,7 +205,8 @@ void matmul_int4_q8(const void* xq, bool is_unsigned, float x_scale, int32_t zer
     *s = x_scale;
     if (is_unsigned) {
       const uint8_t* src = static_cast<const uint8_t*>(xq) + r * k;
-      for (int64_t i = 0; i < k; ++i) q[i] = static_cast<int8_t>(static_cast<int32_t>(src[i]) - 128);
+      for (int64_t i = 0; i < k; ++i)
+        q[i] = static_cast<int8_t>(static_cast<int32_t>(src[i]) - 128);
     } else {
       std::memcpy(q, static_cast<const int8_t*>(xq) + r * k, static_cast<size_t>(k));
     }
