@@ -72,7 +72,6 @@ class OptionalBuildExt(build_ext):
             raise exc
         reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:400]
         sys.stderr.write(_skip_message(reason))
-        sys.stdout.write(_skip_message(reason))
 
 
 def _extensions() -> list:
