@@ -174,6 +174,27 @@ def graph_inputs(proto: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     return [v for v in proto.graph.input if v.name not in inits]
 
 
+def ensure_node_names(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Give every unnamed node a unique ``<OpType>_<index>`` name, in a copy; named nodes keep theirs.
+
+    Later stages identify layers by node name (onnx2torch names modules after nodes, the exporter
+    finds the nodes to rewrite by name), so a node without a name could not be mapped back.
+    """
+    if all(n.name for n in proto.graph.node):
+        return proto
+    named = onnx.ModelProto()
+    named.CopyFrom(proto)
+    taken = {n.name for n in named.graph.node if n.name}
+    for i, node in enumerate(named.graph.node):
+        if not node.name:
+            name = f"{node.op_type}_{i}"
+            while name in taken:
+                name += "_"
+            node.name = name
+            taken.add(name)
+    return named
+
+
 # --------------------------------------------------------------------------------------------------
 # conversion
 # --------------------------------------------------------------------------------------------------
@@ -401,7 +422,7 @@ def load_model(path: str | os.PathLike[str], *, parity: bool = True, seed: int =
         seed: Seed of the random parity input.
 
     Returns:
-        The loaded model.
+        The loaded model; unnamed nodes have been given names (see :func:`ensure_node_names`).
 
     Raises:
         InputError: The file cannot be used.
@@ -409,7 +430,7 @@ def load_model(path: str | os.PathLike[str], *, parity: bool = True, seed: int =
         ValidationError: onnxruntime cannot run the model.
     """
     p = Path(path)
-    proto = read_model(p)
+    proto = ensure_node_names(read_model(p))
     module = convert_model(proto, source=str(p))
     result = check_parity(proto, module, model_path=p, seed=seed) if parity else None
     if result is not None and result.relative_diff > PARITY_TOLERANCE:

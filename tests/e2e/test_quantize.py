@@ -1,0 +1,120 @@
+"""The whole pipeline on a small CNN: quantize, export, onnxruntime agreement, resume after kill -9."""
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import onnx
+import pytest
+
+from tests.helpers import small_cnn
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("q")
+    onnx.save(small_cnn(keep_bn=True), str(d / "m.onnx"))
+    rng = np.random.default_rng(0)
+    # smooth random "photos": low-frequency noise upsampled, so BN statistics are not absurd
+    base = rng.integers(0, 256, size=(300, 4, 4, 3)).astype(np.float32)
+    images = np.repeat(np.repeat(base, 4, axis=1), 4, axis=2)
+    images = np.clip(images + rng.normal(0, 12, images.shape), 0, 255).astype(np.uint8)
+    labels = rng.integers(0, 4, size=300)
+    np.savez(d / "proxy.npz", images=images)
+    np.savez(d / "eval.npz", images=images[:100], labels=labels[:100])
+    return d
+
+
+def _cli(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "zerop_deploy", *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def _sha(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("bits", [["--bits", "8"], ["--wbits", "4", "--abits", "8"], ["--bits", "4"]])
+def test_quantize_exports_a_checked_qdq_model_that_agrees(workdir, bits):
+    from zerop_deploy.api import default_output
+    from zerop_deploy.config import QuantConfig
+
+    before = _sha(workdir / "m.onnx")
+    proc = _cli("quantize", str(workdir / "m.onnx"), *bits, "--proxy", str(workdir / "proxy.npz"),
+                "--steps", "15", "--eval", str(workdir / "eval.npz"), "--json", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    out = default_output(workdir / "m.onnx", QuantConfig(wbits=int(bits[1]), abits=int(bits[-1])))
+    assert doc["output"] == str(out) and out.is_file()
+    model = onnx.load(str(out))
+    onnx.checker.check_model(model, full_check=True)
+    assert [i.name for i in model.graph.input] == ["input"]
+    assert [o.name for o in model.graph.output] == ["logits"]
+    assert not any(n.op_type == "BatchNormalization" for n in model.graph.node)
+    assert sum(n.op_type == "DequantizeLinear" for n in model.graph.node) >= 6
+    assert doc["validation"]["ort_vs_student_top1_agreement"] >= 0.99
+    assert doc["training"]["steps"] == 15 and set(doc["accuracy"]) == {"fp32", "quantized"}
+    report = out.with_name(out.name.replace(".onnx", ".report.json"))
+    assert json.loads(report.read_text())["output"] == str(out)
+    assert _sha(workdir / "m.onnx") == before  # the input is never modified
+    assert not list(workdir.glob("*.ckpt")) and not list(workdir.glob(".*.tmp"))
+
+
+def test_output_over_the_input_is_refused(workdir):
+    proc = _cli("quantize", str(workdir / "m.onnx"), "-o", str(workdir / "m.onnx"),
+                "--proxy", str(workdir / "proxy.npz"), "--steps", "1")
+    assert proc.returncode == 2 and "output path is the input" in proc.stderr
+    assert proc.stderr.count("\n") == 1
+
+
+def test_min_agreement_gate_exits_1_but_writes(workdir, tmp_path):
+    out = tmp_path / "g.onnx"
+    proc = _cli("quantize", str(workdir / "m.onnx"), "-o", str(out), "--proxy",
+                str(workdir / "proxy.npz"), "--steps", "2", "--min-agreement", "1.01")
+    assert proc.returncode == 2 and "--min-agreement" in proc.stderr  # 1.01 is not a fraction
+    proc = _cli("quantize", str(workdir / "m.onnx"), "-o", str(out), "--proxy",
+                str(workdir / "proxy.npz"), "--steps", "2", "--min-agreement", "1.0", "--bits", "4",
+                "--first-last-bits", "4")
+    assert out.is_file()
+    report = json.loads((tmp_path / "g.report.json").read_text())
+    if report["validation"]["fp32_vs_quant_top1_agreement"] < 1.0:
+        assert proc.returncode == 1
+        assert proc.stderr.strip().endswith("under --min-agreement 1.0")
+    else:
+        assert proc.returncode == 0
+    proc = _cli("quantize", str(workdir / "m.onnx"), "-o", str(out), "--proxy",
+                str(workdir / "proxy.npz"), "--steps", "2", "--min-agreement", "0.0")
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr
+
+
+def test_kill_9_then_resume_gives_the_same_model(workdir, tmp_path):
+    args = ["quantize", str(workdir / "m.onnx"), "--proxy", str(workdir / "proxy.npz"),
+            "--steps", "60", "--checkpoint-every", "0", "--quiet", "--seed", "3"]
+    ref = tmp_path / "ref.onnx"
+    assert _cli(*args, "-o", str(ref)).returncode == 0
+
+    out = tmp_path / "killed.onnx"
+    ckpt = tmp_path / "killed.onnx.ckpt"
+    proc = subprocess.Popen([sys.executable, "-m", "zerop_deploy", *args, "-o", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    assert proc.poll() is None, "the run finished before it could be killed; raise --steps"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert ckpt.exists() and not out.exists()  # no partial output
+    resumed = _cli(*args, "-o", str(out), "--resume", "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    doc = json.loads(resumed.stdout)
+    assert doc["training"]["resumed_from_step"] > 0
+    a, b = onnx.load(str(ref)), onnx.load(str(out))
+    wa = {t.name: t.raw_data for t in a.graph.initializer}
+    wb = {t.name: t.raw_data for t in b.graph.initializer}
+    assert wa == wb

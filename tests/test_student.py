@@ -1,0 +1,89 @@
+"""Building the student: BN folding, layer swapping, signedness, bit plans; calibration."""
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from zerop_deploy.config import LayerOverride, QuantConfig
+from zerop_deploy.load import convert_model
+from zerop_deploy.quant.calibrate import (
+    calibrate_activations,
+    init_weight_scales,
+    mse_activation_scale,
+    mse_weight_scales,
+)
+from zerop_deploy.quant.graph import conv_bn_pairs, nonnegative_values
+from zerop_deploy.quant.modules import QuantConv, quant_layers
+from zerop_deploy.quant.primitives import fake_quantize
+from zerop_deploy.quant.student import build_student, layer_quants
+
+
+def _student(proto, **kw):
+    teacher = convert_model(proto)
+    student, plan = build_student(teacher, proto, QuantConfig(**kw))
+    return teacher, student, plan
+
+
+def _disable(student):
+    for layer in quant_layers(student).values():
+        layer.quant_weights = False
+        if layer.act is not None:
+            layer.act.enabled = False
+
+
+def test_folded_float_student_equals_teacher(cnn_bn):
+    teacher, student, plan = _student(cnn_bn)
+    assert [p.folded_bn is not None for p in plan] == [True, True, False]
+    _disable(student)
+    x = torch.rand(4, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(student(x), teacher(x), atol=1e-5)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in student.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in teacher.modules())  # teacher untouched
+
+
+def test_plan_bits_first_last_and_overrides(cnn_bn):
+    names = [n.name for n in cnn_bn.graph.node if n.op_type in ("Conv", "Gemm")]
+    _, _, plan = _student(cnn_bn, wbits=4, abits=4, first_last_bits=8)
+    assert [(p.wbits, p.abits) for p in plan] == [(8, 8), (4, 4), (8, 8)]
+    over = {names[1]: LayerOverride(wbits=8), names[2]: LayerOverride(skip=True)}
+    _, student, plan = _student(cnn_bn, first_last_bits=4, overrides=over)
+    assert [(p.wbits, p.abits) for p in plan[:2]] == [(4, 4), (8, 4)]
+    assert plan[2].skipped == "override: skip"
+    assert len(quant_layers(student)) == 2
+
+
+def test_activation_sign_follows_the_graph(cnn_bn):
+    _, _, plan = _student(cnn_bn)
+    # graph input may be negative; after ReLU the depthwise conv and (via pool/flatten) Gemm are >= 0
+    assert [p.act_signed for p in plan] == [True, False, False]
+    assert conv_bn_pairs(cnn_bn) and nonnegative_values(cnn_bn)
+
+
+def test_mse_scales_beat_max_abs_on_outliers():
+    torch.manual_seed(0)
+    w = torch.randn(8, 64)
+    w[:, 0] = 8.0  # an outlier per channel
+    s_mse = mse_weight_scales(w, 0, -7, 7)
+    s_max = w.abs().amax(1) / 7
+    err = lambda s: (fake_quantize(w, s, qmin=-7, qmax=7, axis=0) - w).pow(2).sum()  # noqa: E731
+    assert err(s_mse) <= err(s_max)
+    v = torch.cat([torch.rand(10000), torch.tensor([50.0])])
+    assert mse_activation_scale(v, 0, 15) < 50.0 / 15
+
+
+def test_calibration_and_exact_handover(cnn_bn):
+    teacher, student, plan = _student(cnn_bn)
+    init_weight_scales(student)
+    n = calibrate_activations(student, [torch.rand(8, 3, 16, 16) for _ in range(2)])
+    assert n == 16
+    layers = quant_layers(student)
+    assert all(l.act.scale.item() != 1.0 for l in layers.values())
+    handover = layer_quants(student, plan, cnn_bn)
+    conv = next(iter(layers.values()))
+    assert isinstance(conv, QuantConv)
+    np.testing.assert_array_equal(
+        handover[0].dequantized_weight(), conv.quantized_weight().detach().numpy()
+    )
+    assert handover[0].folded_bn is not None and handover[0].act.signed

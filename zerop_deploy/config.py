@@ -1,0 +1,183 @@
+"""Frozen, keyword-only configuration objects, checked on construction and serialisable to JSON.
+
+A bad value raises :class:`~zerop_deploy.errors.ConfigError` naming the option, never an ``assert``.
+The config that produced a model is written into its report.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from zerop_deploy.errors import ConfigError
+
+_BITS = (4, 8)
+
+
+def _check_bits(name: str, value: int) -> None:
+    if value not in _BITS:
+        raise ConfigError(f"{name}={value}: supported bit widths are 4 and 8")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LayerOverride:
+    """Per-layer bit widths (``None`` keeps the global value); ``skip`` keeps the layer in float."""
+
+    wbits: int | None = None
+    abits: int | None = None
+    skip: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("wbits", "abits"):
+            value = getattr(self, name)
+            if value is not None:
+                _check_bits(name, value)
+
+
+@dataclass(frozen=True, kw_only=True)
+class QuantConfig:
+    """What to quantize and how wide.
+
+    Attributes:
+        wbits: Weight bits of ordinary layers.
+        abits: Activation bits of ordinary layers.
+        first_last_bits: Weight and activation bits of the first and last quantized layer.
+        overrides: Per-layer overrides keyed by ONNX node name (they win over everything else).
+        fold_bn: Fold BatchNormalization into the preceding Conv before fine-tuning.
+    """
+
+    wbits: int = 4
+    abits: int = 4
+    first_last_bits: int = 8
+    overrides: dict[str, LayerOverride] = field(default_factory=dict)
+    fold_bn: bool = True
+
+    def __post_init__(self) -> None:
+        _check_bits("wbits", self.wbits)
+        _check_bits("abits", self.abits)
+        _check_bits("first_last_bits", self.first_last_bits)
+        for node, o in self.overrides.items():
+            if not isinstance(o, LayerOverride):
+                raise ConfigError(f"override for layer '{node}' must be a LayerOverride")
+
+    def bits_for(self, node: str, *, edge: bool) -> tuple[int, int] | None:
+        """``(wbits, abits)`` of a layer, or None when it stays in float."""
+        w, a = (self.first_last_bits,) * 2 if edge else (self.wbits, self.abits)
+        o = self.overrides.get(node)
+        if o is not None:
+            if o.skip:
+                return None
+            w, a = o.wbits or w, o.abits or a
+        return w, a
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return asdict(self)
+
+
+def load_overrides(path: str | Path) -> dict[str, LayerOverride]:
+    """Read per-layer overrides from a JSON file: ``{"layers": {"node": {"wbits": 8, ...}}}``.
+
+    Raises:
+        ConfigError: Missing file, bad JSON or an unknown key (a misspelt key is never ignored).
+    """
+    p = Path(path)
+    try:
+        doc = json.loads(p.read_text())
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read the layer config ({e.strerror})") from e
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{p}: not valid JSON ({e.msg} at line {e.lineno})") from e
+    if not isinstance(doc, dict) or set(doc) - {"layers"} or not isinstance(doc.get("layers"), dict):
+        raise ConfigError(f"{p}: expected {{\"layers\": {{NODE: {{\"wbits\", \"abits\", \"skip\"}}}}}}")
+    out = {}
+    for node, spec in doc["layers"].items():
+        unknown = set(spec) - {"wbits", "abits", "skip"} if isinstance(spec, dict) else {"?"}
+        if unknown:
+            raise ConfigError(f"{p}: layer '{node}': unknown keys {sorted(unknown)}; use wbits, abits, skip")
+        out[node] = LayerOverride(**spec)
+    return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """How to fine-tune the quantized student.
+
+    Attributes:
+        steps: Number of optimisation steps (ignored when ``time_budget_s`` is set and reached first).
+        time_budget_s: Wall-clock budget of fine-tuning in seconds, or None.
+        batch_size: Images per step.
+        lr: Learning rate of weights; step sizes use ``lr * scale_lr_factor``.
+        scale_lr_factor: Ratio of the step-size learning rate to the weight learning rate.
+        temperature: Distillation temperature of the KL loss on logits.
+        calib_images: Images used to initialise the step sizes.
+        seed: Seed of data order, augmentation and initialisation.
+        device: "auto", "cpu" or "cuda".
+        checkpoint_every_s: Seconds between checkpoints.
+        augment: Random crops and flips of the training images.
+    """
+
+    steps: int = 2000
+    time_budget_s: float | None = None
+    batch_size: int = 64
+    lr: float = 1e-4
+    scale_lr_factor: float = 1.0
+    temperature: float = 1.0
+    calib_images: int = 256
+    seed: int = 0
+    device: str = "auto"
+    checkpoint_every_s: float = 120.0
+    augment: bool = True
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.steps <= 10_000_000:
+            raise ConfigError(f"--steps {self.steps}: must be between 1 and 10,000,000")
+        if self.time_budget_s is not None and not 0 < self.time_budget_s <= 30 * 86400:
+            raise ConfigError(f"--time-budget {self.time_budget_s / 60:g}: must be > 0 and <= 30 days")
+        if not 1 <= self.batch_size <= 65536:
+            raise ConfigError(f"batch size {self.batch_size}: must be between 1 and 65536")
+        if not 0 < self.lr < 1:
+            raise ConfigError(f"learning rate {self.lr}: must be in (0, 1)")
+        if self.temperature <= 0:
+            raise ConfigError(f"temperature {self.temperature}: must be positive")
+        if self.calib_images < 1:
+            raise ConfigError(f"calibration images {self.calib_images}: must be >= 1")
+        if self.checkpoint_every_s < 0:
+            raise ConfigError(f"--checkpoint-every {self.checkpoint_every_s / 60:g}: must be >= 0")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"--device {self.device}: use auto, cpu or cuda")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return asdict(self)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    """Where the fine-tuning and evaluation images come from, and how they are preprocessed.
+
+    Attributes:
+        proxy: Proxy image source (folder, .npz or .npy).
+        eval: Labelled images for the accuracy of fp32 and quantized models, or None.
+        mean: Per-channel mean (0..1 units) to subtract, for graphs that do not normalise their input.
+        std: Per-channel std to divide by.
+        holdout: Fraction of the proxy images kept out of training for validation (at most 1,000).
+    """
+
+    proxy: str | None = None
+    eval: str | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    holdout: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.holdout < 1:
+            raise ConfigError(f"holdout {self.holdout}: must be in [0, 1)")
+        if self.std is not None and any(s <= 0 for s in self.std):
+            raise ConfigError(f"--std {self.std}: every value must be positive")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return asdict(self)

@@ -1,0 +1,91 @@
+"""Initial step sizes before fine-tuning: MSE-optimal clipping, not plain min/max.
+
+Weights: for every output channel, the clipping ratio ``r`` of ``max|w|`` that minimises the squared
+quantization error is searched on a grid. Activations: the student runs in float on calibration images
+while every input quantizer records a bounded sample of its values; the scale minimising the squared
+error of fake-quantizing that sample is chosen the same way. Outliers therefore cost a little clipping
+instead of wasting most of the 16 levels of a 4-bit range.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+from zerop_deploy.quant.modules import ActQuantizer, QuantLayer, quant_layers
+from zerop_deploy.quant.primitives import fake_quantize
+
+_RATIOS = torch.linspace(0.3, 1.0, 36)
+
+
+def mse_weight_scales(w: torch.Tensor, axis: int, qmin: int, qmax: int) -> torch.Tensor:
+    """Per-channel step sizes minimising ``||w - fake_quantize(w)||^2`` over clipping ratios."""
+    wc = w.detach().float().movedim(axis, 0).reshape(w.shape[axis], -1)
+    amax = wc.abs().amax(dim=1).clamp_min(1e-8)
+    best_err = torch.full_like(amax, float("inf"))
+    best = amax / qmax
+    for r in _RATIOS:
+        s = r * amax / qmax
+        err = (fake_quantize(wc, s, qmin=qmin, qmax=qmax, axis=0) - wc).pow(2).sum(dim=1)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best = torch.where(better, s, best)
+    return best
+
+
+def mse_activation_scale(values: torch.Tensor, qmin: int, qmax: int) -> float:
+    """Per-tensor step size minimising the squared error of fake-quantizing ``values``."""
+    v = values.float()
+    amax = float(v.clamp_min(0).max() if qmin == 0 else v.abs().max())
+    if amax <= 0:
+        return 1.0
+    top = qmax if qmin == 0 else max(qmax, -qmin)
+    best_s, best_err = amax / top, float("inf")
+    for r in _RATIOS:
+        s = float(r) * amax / top
+        err = float((fake_quantize(v, torch.tensor(s), qmin=qmin, qmax=qmax) - v).pow(2).mean())
+        if err < best_err:
+            best_s, best_err = s, err
+    return best_s
+
+
+def init_weight_scales(student: torch.nn.Module) -> None:
+    """Set every quantized layer's weight step sizes by the MSE search."""
+    for layer in quant_layers(student).values():
+        with torch.no_grad():
+            layer.weight_scale.copy_(
+                mse_weight_scales(layer.weight, layer.weight_axis, layer.wmin, layer.wmax)
+            )
+
+
+def _act_quantizers(student: torch.nn.Module) -> list[ActQuantizer]:
+    return [m.act for m in quant_layers(student).values() if isinstance(m, QuantLayer) and m.act]
+
+
+@torch.no_grad()
+def calibrate_activations(student: torch.nn.Module, batches: Iterable[torch.Tensor]) -> int:
+    """Run the float student on ``batches`` and set every input quantizer's step size.
+
+    Returns:
+        The number of images seen.
+    """
+    quantizers = _act_quantizers(student)
+    layers = list(quant_layers(student).values())
+    for q in quantizers:
+        q.observed, q.enabled = [], False
+    for layer in layers:
+        layer.quant_weights = False
+    seen = 0
+    try:
+        for x in batches:
+            student(x)
+            seen += len(x)
+    finally:
+        for layer in layers:
+            layer.quant_weights = True
+        for q in quantizers:
+            values = torch.cat(q.observed) if q.observed else torch.zeros(1)
+            q.observed, q.enabled = None, True
+            q.scale.copy_(torch.tensor(mse_activation_scale(values, q.qmin, q.qmax)))
+    return seen

@@ -1,0 +1,129 @@
+"""Facts about the ONNX graph that the quantizer needs, computed once from the ModelProto.
+
+* which torch submodule (onnx2torch names it after its node) belongs to which ONNX node;
+* which BatchNormalization directly follows which Conv (and may be folded into it);
+* which tensors are non-negative by construction (after ReLU-like producers), so that their
+  activation quantizer can be unsigned.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from zerop_deploy.summary import constant_tensors
+
+# Ops whose output is >= 0 whatever their input.
+_NONNEG_PRODUCERS = {"Relu", "Sigmoid", "HardSigmoid", "Softmax", "Abs", "Exp", "Softplus"}
+# Ops that move or select values without changing their sign (first input only).
+_SIGN_PRESERVING = {
+    "Reshape", "Transpose", "Flatten", "Slice", "Split", "Squeeze", "Unsqueeze", "Identity",
+    "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Gather", "Resize",
+    "DepthToSpace", "SpaceToDepth", "Dropout", "Expand", "Tile", "ReduceMean", "ReduceMax",
+}
+# Ops that are non-negative when all their (non-constant) inputs are.
+_ALL_INPUTS = {"Concat", "Add", "Mul", "Max", "Min", "Sum", "Mean"}
+
+
+def module_node_names(proto: onnx.ModelProto) -> dict[str, str]:
+    """Map onnx2torch's submodule names to the ONNX node names they were made from."""
+    from onnx2torch.onnx_graph import OnnxGraph
+
+    graph = OnnxGraph(proto.graph)
+    return {unique: node.proto.name or unique for unique, node in graph.nodes.items()}
+
+
+def producers(proto: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
+    """Value name -> the node that produces it."""
+    return {out: node for node in proto.graph.node for out in node.output}
+
+
+def consumers(proto: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
+    """Value name -> the nodes that read it."""
+    users: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+    for node in proto.graph.node:
+        for name in node.input:
+            if name:
+                users[name].append(node)
+    return users
+
+
+def resolved_constants(proto: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    """Constants of the graph, including outputs of Identity nodes that read a constant.
+
+    The TorchScript exporter stores identical tensors once and feeds the duplicates through
+    Identity nodes (two BatchNorms with all-ones gamma, for instance).
+    """
+    consts = dict(constant_tensors(proto.graph))
+    for node in proto.graph.node:
+        if node.op_type == "Identity" and node.input and node.input[0] in consts:
+            consts[node.output[0]] = consts[node.input[0]]
+    return consts
+
+
+def bn_parameters(
+    proto: onnx.ModelProto, bn_name: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
+    """``(gamma, beta, mean, var, epsilon)`` of a BatchNormalization node, as float64 arrays."""
+    consts = resolved_constants(proto)
+    node = next(n for n in proto.graph.node if n.name == bn_name)
+    gamma, beta, mean, var = (
+        numpy_helper.to_array(consts[name]).astype(np.float64) for name in node.input[1:5]
+    )
+    eps = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-5)
+    return gamma, beta, mean, var, float(eps)
+
+
+def conv_bn_pairs(proto: onnx.ModelProto) -> dict[str, str]:
+    """Conv node name -> the BatchNormalization node that alone consumes its output (foldable)."""
+    users = consumers(proto)
+    graph_outputs = {o.name for o in proto.graph.output}
+    consts = resolved_constants(proto)
+    pairs = {}
+    for node in proto.graph.node:
+        if node.op_type != "Conv" or node.output[0] in graph_outputs:
+            continue
+        readers = users.get(node.output[0], [])
+        if len(readers) == 1 and readers[0].op_type == "BatchNormalization":
+            bn = readers[0]
+            if len(bn.output) == 1 and all(i in consts for i in bn.input[1:5]):
+                pairs[node.name] = bn.name
+    return pairs
+
+
+def _clip_is_nonneg(node: onnx.NodeProto, consts: dict[str, onnx.TensorProto]) -> bool:
+    for attr in node.attribute:
+        if attr.name == "min":
+            return attr.f >= 0
+    if len(node.input) > 1 and node.input[1] in consts:
+        return bool(np.all(numpy_helper.to_array(consts[node.input[1]]) >= 0))
+    return False
+
+
+def nonnegative_values(proto: onnx.ModelProto) -> set[str]:
+    """Names of the values that are >= 0 by construction of the graph (no data needed)."""
+    consts = constant_tensors(proto.graph)
+    nonneg: set[str] = set()
+    for node in proto.graph.node:  # ONNX nodes are topologically sorted
+        op = node.op_type
+        dyn_inputs = [i for i in node.input if i and i not in consts]
+        if op in _NONNEG_PRODUCERS or (op == "Clip" and _clip_is_nonneg(node, consts)):
+            ok = True
+        elif op in _SIGN_PRESERVING:
+            ok = bool(node.input) and node.input[0] in nonneg
+        elif op in _ALL_INPUTS:
+            const_ok = all(
+                np.all(numpy_helper.to_array(consts[i]) >= 0) for i in node.input if i in consts
+            )
+            ok = bool(dyn_inputs) and const_ok and all(i in nonneg for i in dyn_inputs)
+        elif op == "Pad":
+            ok = node.input[0] in nonneg and (len(node.input) < 3 or not node.input[2]
+                                              or node.input[2] in consts)
+        else:
+            ok = False
+        if ok:
+            nonneg.update(o for o in node.output if o)
+    return nonneg

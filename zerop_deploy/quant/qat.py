@@ -1,0 +1,198 @@
+"""The fine-tuning loop: knowledge distillation from the fp32 teacher into the fake-quantized student.
+
+Every step draws a batch that depends only on ``(seed, step)`` (indices, crops and flips), so a run
+resumed from a checkpoint sees exactly the batches an uninterrupted run would have seen. The loss is
+the KL divergence between the teacher's and the student's softened logits. Learning rates follow a
+cosine decay over the planned steps (or over the time budget, whichever ends first).
+
+Checkpoints (student weights and step sizes, optimizer state, step, elapsed time, a fingerprint of the
+run's settings) are written atomically every ``checkpoint_every_s`` seconds and when the loop is
+interrupted; they are read back with ``torch.load(weights_only=True)``, never by unpickling objects.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from zerop_deploy.config import TrainConfig
+from zerop_deploy.errors import InputError
+from zerop_deploy.quant.modules import ActQuantizer, QuantLayer
+
+BatchFn = Callable[[int], torch.Tensor]
+"""``batch(step) -> images``: the training images of one step, deterministic in ``step``."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What the loop did."""
+
+    steps: int
+    wall_seconds: float
+    images_per_second: float
+    final_loss: float
+    resumed_from: int
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, t: float) -> torch.Tensor:
+    """``T^2 * KL(softmax(teacher / T) || softmax(student / T))``, averaged over the batch."""
+    log_p = F.log_softmax(student_logits / t, dim=1)
+    q = F.softmax(teacher_logits / t, dim=1)
+    return F.kl_div(log_p, q, reduction="batchmean") * (t * t)
+
+
+def param_groups(student: nn.Module, cfg: TrainConfig) -> list[dict]:
+    """Weights/biases at ``lr``; weight and activation step sizes at ``lr * scale_lr_factor``."""
+    scales, weights = [], []
+    for m in student.modules():
+        if isinstance(m, QuantLayer):
+            weights.append(m.weight)
+            if m.bias is not None:
+                weights.append(m.bias)
+            scales.append(m.weight_scale)
+        elif isinstance(m, ActQuantizer):
+            scales.append(m.scale)
+    return [
+        {"params": weights, "lr": cfg.lr, "base_lr": cfg.lr},
+        {"params": scales, "lr": cfg.lr * cfg.scale_lr_factor, "base_lr": cfg.lr * cfg.scale_lr_factor},
+    ]
+
+
+def _trainable(student: nn.Module) -> None:
+    for p in student.parameters():
+        p.requires_grad_(False)
+    for g in param_groups(student, TrainConfig()):
+        for p in g["params"]:
+            p.requires_grad_(True)
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Atomically write a checkpoint (temp file + rename)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, fingerprint: str) -> dict:
+    """Read a checkpoint written by :func:`save_checkpoint` for the same run settings.
+
+    Raises:
+        InputError: Unreadable file, or one written by a run with other settings.
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for a corrupt file
+        raise InputError(f"{path}: checkpoint cannot be read ({e}); delete it or drop --resume") from e
+    if state.get("fingerprint") != fingerprint:
+        raise InputError(
+            f"{path}: checkpoint belongs to a run with other settings (model, bits, data, seed or "
+            "steps); delete it or rerun with the same options"
+        )
+    return state
+
+
+def train(
+    teacher: nn.Module,
+    student: nn.Module,
+    batch: BatchFn,
+    cfg: TrainConfig,
+    *,
+    device: torch.device,
+    checkpoint: Path | None = None,
+    fingerprint: str = "",
+    resume: bool = False,
+    progress: bool = True,
+) -> TrainResult:
+    """Fine-tune ``student`` to mimic ``teacher`` for ``cfg.steps`` steps or ``cfg.time_budget_s``.
+
+    Args:
+        teacher: fp32 model (eval mode, frozen).
+        student: Calibrated fake-quantized model; trained in place.
+        batch: Deterministic batch source.
+        cfg: Steps, budget, learning rates, temperature, checkpoint interval.
+        device: Where to train.
+        checkpoint: Checkpoint file, or None for no checkpoints.
+        fingerprint: Identity of the run's settings, stored in and checked against checkpoints.
+        resume: Continue from ``checkpoint`` if it exists.
+        progress: Show a progress bar on stderr.
+
+    Returns:
+        Steps done, wall time and throughput.
+    """
+    teacher.eval().to(device)
+    student.eval().to(device)  # no BatchNorm left in the student: eval keeps converters deterministic
+    _trainable(student)
+    opt = torch.optim.Adam(param_groups(student, cfg))
+    start_step, elapsed0 = 0, 0.0
+    if resume and checkpoint is not None and checkpoint.exists():
+        state = load_checkpoint(checkpoint, fingerprint)
+        student.load_state_dict(state["student"])
+        opt.load_state_dict(state["optimizer"])
+        start_step, elapsed0 = int(state["step"]), float(state["elapsed"])
+
+    def snapshot(step: int, elapsed: float) -> None:
+        if checkpoint is not None:
+            save_checkpoint(checkpoint, {
+                "student": student.state_dict(), "optimizer": opt.state_dict(), "step": step,
+                "elapsed": elapsed, "fingerprint": fingerprint,
+            })
+
+    return _loop(teacher, student, batch, cfg, opt, device, start_step, elapsed0, snapshot, progress)
+
+
+def _lr_factor(step: int, steps: int, elapsed: float, budget: float | None) -> float:
+    frac = step / max(1, steps)
+    if budget:
+        frac = max(frac, elapsed / budget)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, frac)))
+
+
+def _loop(teacher, student, batch, cfg, opt, device, step, elapsed0, snapshot, progress):
+    from tqdm import tqdm
+
+    t0, last_ckpt, images, loss_val = time.monotonic(), time.monotonic(), 0, float("nan")
+    bar = tqdm(total=cfg.steps, initial=step, file=sys.stderr, unit="step", dynamic_ncols=True,
+               disable=not progress or not sys.stderr.isatty(), desc="fine-tuning")
+    start = step
+    try:
+        while step < cfg.steps:
+            elapsed = elapsed0 + time.monotonic() - t0
+            if cfg.time_budget_s is not None and elapsed >= cfg.time_budget_s:
+                break
+            for g in opt.param_groups:
+                g["lr"] = g["base_lr"] * _lr_factor(step, cfg.steps, elapsed, cfg.time_budget_s)
+            x = batch(step).to(device)
+            with torch.no_grad():
+                target = teacher(x)
+            loss = kd_loss(student(x), target, cfg.temperature)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step, images, loss_val = step + 1, images + len(x), float(loss.detach())
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_val:.4f}",
+                            img_s=f"{images / max(1e-9, time.monotonic() - t0):.0f}")
+            if time.monotonic() - last_ckpt >= cfg.checkpoint_every_s:
+                snapshot(step, elapsed0 + time.monotonic() - t0)
+                last_ckpt = time.monotonic()
+    except KeyboardInterrupt:
+        with contextlib.suppress(Exception):
+            snapshot(step, elapsed0 + time.monotonic() - t0)
+        raise
+    finally:
+        bar.close()
+    wall = time.monotonic() - t0
+    snapshot(step, elapsed0 + wall)
+    return TrainResult(steps=step, wall_seconds=elapsed0 + wall,
+                       images_per_second=images / max(1e-9, wall), final_loss=loss_val,
+                       resumed_from=start)
