@@ -135,6 +135,21 @@ ZEROP_AVX2 void quantize_avx2(const float* x, int64_t n, float s, int8_t* q) {
   quantize_scalar(x + i, n - i, s, q + i);
 }
 
+ZEROP_AVX2 uint64_t read_sum_avx2(const uint8_t* p, size_t words) {
+  __m256i acc[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(),
+                    _mm256_setzero_si256()};
+  size_t w = 0;
+  for (; w + 16 <= words; w += 16)
+    for (int j = 0; j < 4; ++j)
+      acc[j] = _mm256_add_epi64(
+          acc[j], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + (w + 4 * j) * 8)));
+  alignas(32) uint64_t lanes[4];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes),
+                     _mm256_add_epi64(_mm256_add_epi64(acc[0], acc[1]),
+                                      _mm256_add_epi64(acc[2], acc[3])));
+  return lanes[0] + lanes[1] + lanes[2] + lanes[3] + read_sum_scalar(p + w * 8, words - w);
+}
+
 ZEROP_AVX2 float absmax_avx2(const float* x, int64_t n) {
   const __m256 mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
   __m256 m = _mm256_setzero_ps();
@@ -162,6 +177,7 @@ void group_sums_avx2(const int8_t* a, int64_t kc, const GroupMode& gm, int32_t* 
 }
 void quantize_avx2(const float* x, int64_t n, float s, int8_t* q) { quantize_scalar(x, n, s, q); }
 float absmax_avx2(const float* x, int64_t n) { return absmax_scalar(x, n); }
+uint64_t read_sum_avx2(const uint8_t* p, size_t words) { return read_sum_scalar(p, words); }
 }  // namespace detail
 }  // namespace zerop
 

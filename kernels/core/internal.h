@@ -100,6 +100,10 @@ inline float conv_value(int32_t s, int32_t cw, float sc, float rs, const float* 
   return y;
 }
 
+// Sum of `words` 64-bit words (a read-bandwidth probe: every byte is loaded once).
+uint64_t read_sum_scalar(const uint8_t* p, size_t words);
+uint64_t read_sum_avx2(const uint8_t* p, size_t words);
+
 struct Kernels {
   BlockFn block;
   ConvBlockFn conv_block;

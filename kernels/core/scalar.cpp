@@ -112,6 +112,16 @@ const Kernels& kernels_for(Impl impl) {
   return vnni;
 }
 
+uint64_t read_sum_scalar(const uint8_t* p, size_t words) {
+  uint64_t acc[4] = {0, 0, 0, 0};
+  for (size_t w = 0; w + 4 <= words; w += 4) {
+    uint64_t v[4];
+    std::memcpy(v, p + w * 8, sizeof(v));
+    for (int j = 0; j < 4; ++j) acc[j] += v[j];
+  }
+  return acc[0] + acc[1] + acc[2] + acc[3];
+}
+
 }  // namespace detail
 
 uint64_t read_probe(const uint8_t* buf, size_t nbytes, int threads) {
@@ -121,13 +131,8 @@ uint64_t read_probe(const uint8_t* buf, size_t nbytes, int threads) {
   detail::parallel_for(t, t, [&](int64_t i) {
     const size_t lo = words * static_cast<size_t>(i) / static_cast<size_t>(t);
     const size_t hi = words * static_cast<size_t>(i + 1) / static_cast<size_t>(t);
-    uint64_t acc[4] = {0, 0, 0, 0};
-    for (size_t w = lo; w + 4 <= hi; w += 4) {
-      uint64_t v[4];
-      std::memcpy(v, buf + w * 8, sizeof(v));
-      for (int j = 0; j < 4; ++j) acc[j] += v[j];
-    }
-    sums[static_cast<size_t>(i)] = acc[0] + acc[1] + acc[2] + acc[3];
+    sums[static_cast<size_t>(i)] = cpu_has_avx2() ? detail::read_sum_avx2(buf + lo * 8, hi - lo)
+                                                   : detail::read_sum_scalar(buf + lo * 8, hi - lo);
   });
   uint64_t total = 0;
   for (uint64_t s : sums) total += s;

@@ -31,7 +31,7 @@ template <int R, bool kSingle, int NC>
 ZEROP_VNNI inline void accumulate(const int8_t* a, int64_t lda, const uint8_t* w, int64_t ldw,
                                   int64_t c0, int64_t c1, __m256i (*acc)[NC]) {
   const __m256i m0f = _mm256_set1_epi8(0x0F);
-  const __m256i m88 = _mm256_set1_epi8(static_cast<char>(0x88));
+  const __m256i m08 = _mm256_set1_epi8(0x08);
   for (int64_t c = c0; c < c1; ++c) {
     __m256i ae[R], ao[R];
     for (int r = 0; r < R; ++r) {
@@ -41,12 +41,12 @@ ZEROP_VNNI inline void accumulate(const int8_t* a, int64_t lda, const uint8_t* w
     for (int j = 0; j < NC; ++j) {
       _mm_prefetch(reinterpret_cast<const char*>(w + j * ldw + (c + kPrefetch) * kChunkBytes),
                    _MM_HINT_T0);
-      // nibble ^ 8 turns a two's-complement int4 w into w + 8 (0..15), both nibbles at once
-      const __m256i v = _mm256_xor_si256(
-          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + j * ldw + c * kChunkBytes)),
-          m88);
-      const __m256i lo = _mm256_and_si256(v, m0f);
-      const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m0f);
+      // (nibble & 0xF) ^ 8 turns a two's-complement int4 w into w + 8 (0..15): one vpternlogd,
+      // whose table 0x6A is (a & b) ^ c
+      const __m256i v =
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + j * ldw + c * kChunkBytes));
+      const __m256i lo = _mm256_ternarylogic_epi32(v, m0f, m08, 0x6A);
+      const __m256i hi = _mm256_ternarylogic_epi32(_mm256_srli_epi16(v, 4), m0f, m08, 0x6A);
       for (int r = 0; r < R; ++r)
         acc[r][j] = _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(acc[r][j], lo, ae[r]), hi, ao[r]);
     }
