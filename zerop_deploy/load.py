@@ -224,8 +224,11 @@ def _missing_converters(proto: onnx.ModelProto) -> list[onnx.NodeProto]:
 def convert_model(proto: onnx.ModelProto, *, source: str = "model") -> torch.fx.GraphModule:
     """Convert a checked ModelProto to an fp32 ``torch.fx.GraphModule`` in eval mode.
 
-    onnx2torch names each submodule after its ONNX node (dots become slashes), which is how later
-    stages map a module back to the node and initializer it came from.
+    The graph is first passed through
+    :func:`zerop_deploy.convert.prepare.prepare_for_onnx2torch` (weights computed by constant
+    Identity/ConstantOfShape nodes become initializers; meaning unchanged). onnx2torch names each
+    submodule after its ONNX node (dots become slashes), which is how later stages map a module
+    back to the node and initializer it came from.
 
     Args:
         proto: A model from :func:`read_model`.
@@ -237,8 +240,9 @@ def convert_model(proto: onnx.ModelProto, *, source: str = "model") -> torch.fx.
     Raises:
         UnsupportedModelError: Naming the first node whose op/opset has no converter or fails to convert.
     """
-    import zerop_deploy.convert  # noqa: F401  (registers our converters with onnx2torch)
+    from zerop_deploy.convert.prepare import prepare_for_onnx2torch  # also registers converters
 
+    proto = prepare_for_onnx2torch(proto)
     missing = _missing_converters(proto)
     if missing:
         n = missing[0]
@@ -246,7 +250,7 @@ def convert_model(proto: onnx.ModelProto, *, source: str = "model") -> torch.fx.
         raise UnsupportedModelError(
             f"{source}: node '{n.name}' op {n.op_type} (domain '{n.domain or 'ai.onnx'}', opset "
             f"{opset_of(proto, n.domain or '')}) has no PyTorch converter (unsupported ops: "
-            f"{', '.join(ops)}); re-export with opset 13-17 or file an issue with the model"
+            f"{', '.join(ops)}); re-export with standard ONNX ops or file an issue with the model"
         )
     from onnx2torch import convert
 
@@ -422,15 +426,19 @@ def load_model(path: str | os.PathLike[str], *, parity: bool = True, seed: int =
         seed: Seed of the random parity input.
 
     Returns:
-        The loaded model; unnamed nodes have been given names (see :func:`ensure_node_names`).
+        The loaded model. Its ``proto`` is the graph the later stages work on and export: the file's
+        graph with constant-computed weights turned into initializers and unnamed nodes named
+        (see :func:`~zerop_deploy.convert.prepare.prepare_for_onnx2torch`, :func:`ensure_node_names`).
 
     Raises:
         InputError: The file cannot be used.
         UnsupportedModelError: No converter, or the conversion disagrees with onnxruntime.
         ValidationError: onnxruntime cannot run the model.
     """
+    from zerop_deploy.convert.prepare import prepare_for_onnx2torch
+
     p = Path(path)
-    proto = ensure_node_names(read_model(p))
+    proto = ensure_node_names(prepare_for_onnx2torch(read_model(p)))
     module = convert_model(proto, source=str(p))
     result = check_parity(proto, module, model_path=p, seed=seed) if parity else None
     if result is not None and result.relative_diff > PARITY_TOLERANCE:
