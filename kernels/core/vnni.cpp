@@ -24,8 +24,6 @@ bool cpu_has_vnni() {
 namespace detail {
 namespace {
 
-constexpr int64_t kPrefetch = 16;  // chunks ahead (512 bytes per weight row)
-
 // Integer product of R activation rows with NC nibble-packed weight rows over chunks [c0, c1).
 template <int R, bool kSingle, int NC>
 ZEROP_VNNI inline void accumulate(const int8_t* a, int64_t lda, const uint8_t* w, int64_t ldw,
@@ -39,7 +37,8 @@ ZEROP_VNNI inline void accumulate(const int8_t* a, int64_t lda, const uint8_t* w
       ao[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + r * lda + c * kChunk + 32));
     }
     for (int j = 0; j < NC; ++j) {
-      _mm_prefetch(reinterpret_cast<const char*>(w + j * ldw + (c + kPrefetch) * kChunkBytes),
+      // the same bytes of the next block of NC weight rows: one block ahead hides DRAM latency
+      _mm_prefetch(reinterpret_cast<const char*>(w + (j + NC) * ldw + c * kChunkBytes),
                    _MM_HINT_T0);
       // (nibble & 0xF) ^ 8 turns a two's-complement int4 w into w + 8 (0..15): one vpternlogd,
       // whose table 0x6A is (a & b) ^ c
