@@ -80,6 +80,8 @@ void im2col(const ConvPlan& pl, const int8_t* xn, const int32_t* psum, int64_t b
   const int32_t* ps = psum + b * s.h * s.w * s.groups + g;
   const int64_t run = s.kw * pl.cg;
   const int32_t pad_sum = pad * static_cast<int32_t>(pl.cg);
+  // kW = 3, no dilation, one group: a row's three taps are one contiguous NHWC run
+  const bool run3 = s.kw == 3 && s.dil_w == 1 && s.groups == 1;
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t p = p0 + r, oy = p / pl.ow, ox = p % pl.ow;
     const int64_t ix0 = ox * s.stride_w - s.pad_left;
@@ -96,6 +98,12 @@ void im2col(const ConvPlan& pl, const int8_t* xn, const int32_t* psum, int64_t b
       }
       const int8_t* srow = img + iy * s.w * s.c_in;
       const int32_t* prow = ps + iy * s.w * s.groups;
+      if (kBytes > 0 && run3 && cols_ok) {  // three adjacent taps: one fixed-size copy
+        copy_tap<3 * kBytes>(dst, srow + ix0 * s.c_in, 0);
+        sum += prow[ix0] + prow[ix0 + 1] + prow[ix0 + 2];
+        dst += run;
+        continue;
+      }
       for (int64_t kx = 0; kx < s.kw; ++kx, dst += pl.cg) {
         const int64_t ix = ix0 + kx * s.dil_w;
         if (cols_ok || (ix >= 0 && ix < s.w)) {
@@ -116,6 +124,10 @@ using Im2colFn = void (*)(const ConvPlan&, const int8_t*, const int32_t*, int64_
 
 Im2colFn pick_im2col(int64_t cg) {
   switch (cg) {
+    case 1: return im2col<1>;
+    case 2: return im2col<2>;
+    case 3: return im2col<3>;
+    case 4: return im2col<4>;
     case 8: return im2col<8>;
     case 16: return im2col<16>;
     case 32: return im2col<32>;
