@@ -37,8 +37,9 @@ ZEROP_VNNI inline void accumulate(const int8_t* a, int64_t lda, const uint8_t* w
       ao[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + r * lda + c * kChunk + 32));
     }
     for (int j = 0; j < NC; ++j) {
-      // the same bytes of the next block of NC weight rows: one block ahead hides DRAM latency
-      _mm_prefetch(reinterpret_cast<const char*>(w + (j + NC) * ldw + c * kChunkBytes),
+      // the same bytes two blocks of NC weight rows ahead: hides DRAM latency when the weights
+      // do not fit the caches
+      _mm_prefetch(reinterpret_cast<const char*>(w + (j + 2 * NC) * ldw + c * kChunkBytes),
                    _MM_HINT_T0);
       // (nibble & 0xF) ^ 8 turns a two's-complement int4 w into w + 8 (0..15): one vpternlogd,
       // whose table 0x6A is (a & b) ^ c
