@@ -87,3 +87,20 @@ def test_calibration_and_exact_handover(cnn_bn):
         handover[0].dequantized_weight(), conv.quantized_weight().detach().numpy()
     )
     assert handover[0].folded_bn is not None and handover[0].act.signed
+
+
+def test_fused_lsq_matches_the_primitive_forward_and_gradients():
+    from zerop_deploy.quant.modules import lsq_fake_quantize
+
+    torch.manual_seed(1)
+    for axis, shape in ((None, ()), (0, (5,))):
+        x1 = (torch.randn(5, 7) * 4).requires_grad_()
+        s1 = (torch.rand(shape) + 0.3).requires_grad_()
+        x2, s2 = x1.detach().clone().requires_grad_(), s1.detach().clone().requires_grad_()
+        y1 = lsq_fake_quantize(x1, s1, -8, 7, axis, 0.5)
+        y2 = fake_quantize(x2, s2 * 0.5 + (s2 - s2 * 0.5).detach(), qmin=-8, qmax=7, axis=axis)
+        assert torch.equal(y1, y2)
+        g = torch.randn(5, 7)
+        (y1 * g).sum().backward()
+        (y2 * g).sum().backward()
+        assert torch.allclose(x1.grad, x2.grad) and torch.allclose(s1.grad, s2.grad, atol=1e-5)
