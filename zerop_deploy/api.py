@@ -41,11 +41,16 @@ def default_report(output: Path) -> Path:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU is a ConfigError."""
+    """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU is a ConfigError.
+
+    Under ``torchrun`` each process takes the GPU of its ``LOCAL_RANK``.
+    """
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda: no CUDA device is available; use --device cpu or auto")
+    if name == "cuda":
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device(name)
 
 
@@ -157,11 +162,17 @@ def quantize(
                                        fingerprint=_fingerprint(src, quant, train, data),
                                        resume=resume, progress=progress)
     from zerop_deploy.export import export_qdq, save_qdq
+    from zerop_deploy.quant.qat import distributed_context
     from zerop_deploy.quant.student import layer_quants
+
+    rank, world = distributed_context(device)
+    if rank != 0:  # torchrun: rank 0 exports, validates and writes the report
+        return {}
 
     qproto = export_qdq(proto, layer_quants(student, plan, proto), int32_bias=True)
     save_qdq(qproto, out)
     doc = _report(src, out, quant, train, data, images, plan, result, device, time.monotonic() - t_start)
+    doc["training"]["processes"] = world
     doc.update(_validation(proto, qproto, student, images))
     atomic_write_text(rep, json.dumps(doc, indent=2) + "\n")
     ckpt = out.with_name(out.name + ".ckpt")

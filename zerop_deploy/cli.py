@@ -171,7 +171,7 @@ def quantize_cmd(model: Path, output: Path | None, bits: str, wbits: str | None,
 
 
 def _summary(doc: dict[str, Any] | None, as_json: bool) -> None:
-    if doc is None:
+    if not doc:  # None, or {} on torchrun ranks other than 0
         return
     if as_json:
         _print_json(doc)

@@ -118,3 +118,34 @@ def test_kill_9_then_resume_gives_the_same_model(workdir, tmp_path):
     wa = {t.name: t.raw_data for t in a.graph.initializer}
     wb = {t.name: t.raw_data for t in b.graph.initializer}
     assert wa == wb
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
+def test_torchrun_two_cpu_processes_train_with_ddp(workdir, tmp_path):
+    out = tmp_path / "ddp.onnx"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+         _free_port(), "-m", "zerop_deploy", "quantize", str(workdir / "m.onnx"), "-o", str(out),
+         "--proxy", str(workdir / "proxy.npz"), "--steps", "8", "--batch-size", "16", "--json",
+         "--quiet", "--device", "cpu"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(proc.stdout)  # only rank 0 prints
+    assert doc["training"]["processes"] == 2 and doc["training"]["steps"] == 8
+    single = tmp_path / "single.onnx"
+    assert _cli("quantize", str(workdir / "m.onnx"), "-o", str(single), "--proxy",
+                str(workdir / "proxy.npz"), "--steps", "8", "--batch-size", "16",
+                "--quiet").returncode == 0
+    # two half-batches averaged by DDP make the same update as one whole batch
+    a = {t.name: np.frombuffer(t.raw_data, np.uint8) for t in onnx.load(str(out)).graph.initializer}
+    b = {t.name: np.frombuffer(t.raw_data, np.uint8) for t in onnx.load(str(single)).graph.initializer}
+    same = sum(int((a[k] == b[k]).sum()) for k in a) / sum(a[k].size for k in a)
+    assert same > 0.97

@@ -76,6 +76,22 @@ def _trainable(student: nn.Module) -> None:
             p.requires_grad_(True)
 
 
+def distributed_context(device: torch.device) -> tuple[int, int]:
+    """``(rank, world_size)``; joins the process group when started by ``torchrun`` with N > 1.
+
+    gloo on CPU, nccl on GPU. Each rank trains on its own slice of every batch and DDP averages
+    the gradients, so N processes compute the same update as one process on the whole batch.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
 def save_checkpoint(path: Path, state: dict) -> None:
     """Atomically write a checkpoint (temp file + rename)."""
     tmp = path.with_name(f".{path.name}.tmp")
@@ -132,6 +148,18 @@ def train(
     teacher.eval().to(device)
     student.eval().to(device)  # no BatchNorm left in the student: eval keeps converters deterministic
     _trainable(student)
+    rank, world = distributed_context(device)
+    model: nn.Module = student
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [device] if device.type == "cuda" else None
+        model = DistributedDataParallel(student, device_ids=ids)
+
+        def shard(step: int, _batch: BatchFn = batch) -> torch.Tensor:
+            return _batch(step)[rank::world]
+
+        batch = shard
     opt = torch.optim.Adam(param_groups(student, cfg))
     start_step, elapsed0 = 0, 0.0
     if resume and checkpoint is not None and checkpoint.exists():
@@ -141,13 +169,14 @@ def train(
         start_step, elapsed0 = int(state["step"]), float(state["elapsed"])
 
     def snapshot(step: int, elapsed: float) -> None:
-        if checkpoint is not None:
+        if checkpoint is not None and rank == 0:
             save_checkpoint(checkpoint, {
                 "student": student.state_dict(), "optimizer": opt.state_dict(), "step": step,
                 "elapsed": elapsed, "fingerprint": fingerprint,
             })
 
-    return _loop(teacher, student, batch, cfg, opt, device, start_step, elapsed0, snapshot, progress)
+    return _loop(teacher, model, batch, cfg, opt, device, start_step, elapsed0, snapshot,
+                 progress and rank == 0)
 
 
 def _lr_factor(step: int, steps: int, elapsed: float, budget: float | None) -> float:
