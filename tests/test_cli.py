@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
@@ -82,3 +83,22 @@ def test_demo_writes_and_inspects_both_exports(tmp_path):
 def test_version():
     code, out, _ = run("--version")
     assert code == 0 and "zerop-deploy" in out
+
+
+@pytest.mark.parametrize("extra, needle", [
+    ([], "no proxy data"),
+    (["--proxy", "/nonexistent/p.npz"], "/nonexistent/p.npz"),
+    (["--proxy", "x.npz", "--steps", "0"], "--steps 0"),
+    (["--proxy", "x.npz", "--steps", "-3"], "--steps -3"),
+    (["--proxy", "x.npz", "--bits", "3"], "--bits"),
+    (["--proxy", "x.npz", "--mean", "a,b"], "--mean"),
+    (["--proxy", "x.npz", "--layer-config", "/nonexistent/l.json"], "l.json"),
+])
+def test_quantize_bad_input_is_one_line_exit_2(tmp_path, cnn_bn, extra, needle):
+    p = tmp_path / "m.onnx"
+    onnx.save(cnn_bn, str(p))
+    np.savez(tmp_path / "x.npz", images=np.zeros((4, 8, 8, 3), np.uint8))
+    code, out, err = run("quantize", str(p), *[str(tmp_path / e) if e == "x.npz" else e for e in extra])
+    assert code == 2, err
+    assert err.count("\n") == 1 and needle in err and "Traceback" not in err
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["m.onnx", "x.npz"]  # nothing written

@@ -104,3 +104,43 @@ def test_fused_lsq_matches_the_primitive_forward_and_gradients():
         (y1 * g).sum().backward()
         (y2 * g).sum().backward()
         assert torch.allclose(x1.grad, x2.grad) and torch.allclose(s1.grad, s2.grad, atol=1e-5)
+
+
+def _convtranspose_matmul_model():
+    import io
+
+    from torch import nn
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.up = nn.ConvTranspose2d(2, 4, 3, stride=2, padding=1)
+            self.w = nn.Parameter(torch.randn(4 * 7 * 7, 5) * 0.1)
+
+        def forward(self, x):
+            return torch.relu(self.up(x)).flatten(1) @ self.w
+
+    torch.manual_seed(0)
+    buf = io.BytesIO()
+    torch.onnx.export(Net().eval(), (torch.rand(1, 2, 4, 4),), buf, input_names=["x"],
+                      output_names=["y"], opset_version=17, dynamo=False,
+                      dynamic_axes={"x": {0: "N"}, "y": {0: "N"}})
+    return onnx.load_from_string(buf.getvalue())
+
+
+def test_convtranspose_and_matmul_are_quantized_and_exported_exactly():
+    from zerop_deploy.export import export_qdq
+    from zerop_deploy.load import run_onnxruntime
+
+    proto = _convtranspose_matmul_model()
+    teacher, student, plan = _student(proto, wbits=8, abits=8)
+    assert [(p.op, p.skipped) for p in plan] == [("ConvTranspose", None), ("MatMul", None)]
+    assert plan[1].act_signed is False  # after ReLU and Flatten
+    init_weight_scales(student)
+    x = torch.rand(16, 2, 4, 4)
+    calibrate_activations(student, [x])
+    with torch.no_grad():
+        expect = student(x).numpy()
+    q = export_qdq(proto, layer_quants(student, plan, proto), int32_bias=True)
+    got = run_onnxruntime(q, {"x": x.numpy()})[0]
+    np.testing.assert_allclose(got, expect, rtol=1e-4, atol=1e-4)

@@ -149,3 +149,18 @@ def test_torchrun_two_cpu_processes_train_with_ddp(workdir, tmp_path):
     b = {t.name: np.frombuffer(t.raw_data, np.uint8) for t in onnx.load(str(single)).graph.initializer}
     same = sum(int((a[k] == b[k]).sum()) for k in a) / sum(a[k].size for k in a)
     assert same > 0.97
+
+
+def test_validate_command_on_an_exported_model(workdir, tmp_path):
+    out = tmp_path / "v.onnx"
+    assert _cli("quantize", str(workdir / "m.onnx"), "-o", str(out), "--proxy",
+                str(workdir / "proxy.npz"), "--steps", "3", "--quiet").returncode == 0
+    proc = _cli("validate", str(out), "--reference", str(workdir / "m.onnx"), "--data",
+                str(workdir / "eval.npz"), "--json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["images"] == 100 and 0 <= doc["fp32_vs_quant_top1_agreement"] <= 1
+    assert set(doc["accuracy"]) == {"fp32", "quantized"}
+    table = _cli("validate", str(out), "--reference", str(workdir / "m.onnx"), "--data",
+                 str(workdir / "eval.npz"))
+    assert table.returncode == 0 and "top-1 agreement" in table.stdout
