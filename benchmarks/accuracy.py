@@ -71,7 +71,7 @@ def _ort_static(model: Path, out: Path, bits: tuple[str, str, str], proxy: Path)
 
 def _zerop(model: Path, out: Path, bits: tuple[str, str, str], proxy: Path, args) -> list[str]:
     w, a, fl = bits
-    cmd = ["zerop-deploy", "quantize", str(model), "-o", str(out), "--wbits", w, "--abits", a,
+    cmd = [sys.executable, "-m", "zerop_deploy", "quantize", str(model), "-o", str(out), "--wbits", w, "--abits", a,
            "--first-last-bits", fl, "--proxy", str(proxy), "--seed", str(args.seed), "--json",
            "--quiet"]
     cmd += ["--time-budget", str(args.time_budget)] if args.time_budget else ["--steps", str(args.steps)]
@@ -89,7 +89,8 @@ def run_row(net: str, method: str, bits: str, args, x, y, tmp: Path) -> dict:
     wall, peak, stdout = _run(cmd)
     row = {"net": net, "method": method, "bits": bits, "accuracy": _accuracy(out, x, y),
            "wall_s": round(wall, 1), "peak_rss_mib": round(peak), "seed": args.seed,
-           "proxy": proxy.name, "command": " ".join(cmd).replace(str(tmp), "OUT")}
+           "proxy": proxy.name,
+           "command": " ".join(cmd).replace(str(tmp), "OUT").replace(sys.executable, "python")}
     if method != "ort_static":
         rep = json.loads(stdout)
         row["images_per_s"] = rep["training"]["images_per_second"]
