@@ -289,3 +289,21 @@ def test_bad_inputs_raise_value_error(call, message):
     packed, scales = pack_int4(np.ones((3, 4), np.int8)), np.ones(3, np.float32)
     with pytest.raises(ValueError, match=message):
         call(packed, scales)
+
+
+@needs_kernels
+def test_threaded_conv_matches_single_thread():
+    """Big enough (> 1M MACs) to run on several threads."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((3, 16, 16, 16), dtype=np.float32)
+    w, scales, bias = _conv_weights(rng, 32, 16, 3, 3)
+    packed = pack_int4(w.reshape(32, -1))
+    outs = [
+        kernels.conv2d_int4(
+            x, packed, scales, kernel_size=3, bias=bias, padding=1, threads=t, impl=i
+        )
+        for t in (1, 2)
+        for i in IMPLS
+    ]
+    for y in outs[1:]:
+        np.testing.assert_array_equal(y, outs[0])

@@ -242,7 +242,9 @@ void conv_driver(const int8_t* xn, const int32_t* psum, const float* img_scale, 
 void conv2d_int4_f32(const float* x, const ConvShape& s, const uint8_t* packed,
                      const float* scales, const float* bias, float* y, int threads, Impl impl) {
   const detail::Kernels& kn = detail::kernels_for(impl);
-  const int t = resolve_threads(threads);
+  const int64_t macs = s.batch * s.c_out * conv_out_h(s) * conv_out_w(s) * s.kh * s.kw *
+                       (s.c_in / s.groups);
+  const int t = macs < detail::kMinParallelMacs ? 1 : resolve_threads(threads);
   const int64_t chw = s.c_in * s.h * s.w, hw = s.h * s.w;
   std::vector<int8_t> xn(static_cast<size_t>(s.batch * chw));
   std::vector<int32_t> psum(static_cast<size_t>(s.batch * hw * s.groups));
@@ -262,7 +264,9 @@ void conv2d_int4_q8(const void* xq, bool is_unsigned, float x_scale, int32_t zer
                     const ConvShape& s, const uint8_t* packed, const float* scales,
                     const float* bias, float* y, int threads, Impl impl) {
   const detail::Kernels& kn = detail::kernels_for(impl);
-  const int t = resolve_threads(threads);
+  const int64_t macs = s.batch * s.c_out * conv_out_h(s) * conv_out_w(s) * s.kh * s.kw *
+                       (s.c_in / s.groups);
+  const int t = macs < detail::kMinParallelMacs ? 1 : resolve_threads(threads);
   const int64_t chw = s.c_in * s.h * s.w, hw = s.h * s.w;
   const uint8_t flip = is_unsigned ? 0x80 : 0x00;  // uint8 v -> int8 v - 128
   std::vector<int8_t> xn(static_cast<size_t>(s.batch * chw));

@@ -12,6 +12,7 @@ namespace detail {
 constexpr int64_t kChunk = 64;      // K values per chunk: 32 packed bytes
 constexpr int64_t kChunkBytes = 32;
 constexpr int kNr = 4;              // output columns per weight block
+constexpr int64_t kMinParallelMacs = int64_t{1} << 20;  // smaller products stay single-threaded
 
 // Activations of a block of rows in "chunk layout": for chunk c and byte i (0..31) the value paired
 // with the low nibble of weight byte c*32+i sits at c*64+i, the one paired with the high nibble at

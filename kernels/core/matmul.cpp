@@ -136,7 +136,8 @@ void matmul_driver(Prep prep, int32_t a_offset, int64_t m, int64_t k, const uint
                    int64_t n, const float* scales, int64_t group_size, const float* bias, float* y,
                    int threads, Impl impl) {
   const Kernels& kn = kernels_for(impl);
-  const int t = resolve_threads(threads);
+  // Waking helper threads costs tens of microseconds: small products run on the caller alone.
+  const int t = m * n * k < kMinParallelMacs ? 1 : resolve_threads(threads);
   const GroupMode gm = group_mode(k, group_size);
   const int64_t kc = std::max<int64_t>(1, ceil_div(k, kChunk));
   const int64_t lda = kc * kChunk;
