@@ -82,8 +82,8 @@ void im2col(const ConvPlan& pl, const int8_t* xn, const int32_t* psum, int64_t b
   const int32_t pad_sum = pad * static_cast<int32_t>(pl.cg);
   // kW = 3, no dilation, one group: a row's three taps are one contiguous NHWC run
   const bool run3 = s.kw == 3 && s.dil_w == 1 && s.groups == 1;
-  for (int64_t r = 0; r < rows; ++r) {
-    const int64_t p = p0 + r, oy = p / pl.ow, ox = p % pl.ow;
+  int64_t oy = p0 / pl.ow, ox = p0 % pl.ow;  // advanced per row: no divisions in the loop
+  for (int64_t r = 0; r < rows; ++r, ox = (ox + 1 == pl.ow) ? (++oy, 0) : ox + 1) {
     const int64_t ix0 = ox * s.stride_w - s.pad_left;
     const bool cols_ok = ix0 >= 0 && ix0 + (s.kw - 1) * s.dil_w < s.w;
     int8_t* dst = a + r * pl.lda;
