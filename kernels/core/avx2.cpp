@@ -10,6 +10,7 @@
 // 2*15*128 = 3840 in magnitude and at most four of them are added in int16 (15360 < 32767): no
 // saturation.
 #include <algorithm>
+#include <cstring>
 
 #include "internal.h"
 
@@ -72,18 +73,9 @@ ZEROP_AVX2 inline void accumulate(const int8_t* a, int64_t lda, const uint8_t* w
   }
 }
 
-// acc += the u8 x s8 products of 64 bytes (wl with a[0..32), wh with a[32..64)), in int32.
-ZEROP_AVX2 inline __m256i dot2(__m256i acc, __m256i wl, __m256i wh, const int8_t* a) {
-  const __m256i p = _mm256_add_epi16(
-      _mm256_maddubs_epi16(wl, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a))),
-      _mm256_maddubs_epi16(wh, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + 32))));
-  return _mm256_add_epi32(acc, _mm256_madd_epi16(p, _mm256_set1_epi16(1)));
-}
-
-ZEROP_AVX2 inline __m256i dot1(__m256i acc, __m256i wl, const int8_t* a) {
-  const __m256i p =
-      _mm256_maddubs_epi16(wl, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a)));
-  return _mm256_add_epi32(acc, _mm256_madd_epi16(p, _mm256_set1_epi16(1)));
+// acc[i] += the sum of the four u8 x s8 products in 32-bit lane i (pairs stay below 2 * 15 * 128).
+ZEROP_AVX2 inline __m256i dot4(__m256i acc, __m256i w, __m256i a) {
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(w, a), _mm256_set1_epi16(1)));
 }
 
 // Sums of 8-byte runs of int8 values, as 4 int64 lanes (bytes biased to unsigned and corrected).

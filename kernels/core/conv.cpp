@@ -31,24 +31,25 @@ inline int32_t nibble(const uint8_t* row, int64_t k) {
   return static_cast<int32_t>(((k & 1) ? (b >> 4) : (b & 0x0F)) ^ 0x08) - 8;
 }
 
-// Weights [C_out, (c_in, kh, kw)] in ONNX packing -> bytes w + 8, [n_pad per group][kc*64] with K
-// running (kh, kw, c_in) like the gathered rows; padding (k >= K, columns >= C_out/groups) is
-// w = 0.
-std::vector<uint8_t> expand_weights(const ConvShape& s, const uint8_t* packed, int64_t kc,
+// Weights [C_out, (c_in, kh, kw)] in ONNX packing -> bytes w + 8 in the quad layout of
+// ConvBlockArgs, one [k4][n_pad][4] block per group, K running (kh, kw, c_in) like the gathered
+// rows; padding (k >= K, columns >= C_out / groups) is w = 0. wsum: sum_k w per padded column.
+std::vector<uint8_t> expand_weights(const ConvShape& s, const uint8_t* packed, int64_t k4,
                                     int64_t n_pad, std::vector<int32_t>* wsum) {
   const int64_t cg = s.c_in / s.groups, og = s.c_out / s.groups, taps = s.kh * s.kw;
-  const int64_t k = cg * taps, src_row = (k + 1) / 2, ldw = kc * kChunk;
-  std::vector<uint8_t> out(static_cast<size_t>(s.groups * n_pad * ldw), 8);
+  const int64_t k = cg * taps, src_row = (k + 1) / 2, per_group = k4 * n_pad * 4;
+  std::vector<uint8_t> out(static_cast<size_t>(s.groups * per_group), 8);
   wsum->assign(static_cast<size_t>(s.groups * n_pad), 0);
   for (int64_t co = 0; co < s.c_out; ++co) {
-    const int64_t row = (co / og) * n_pad + co % og;
+    const int64_t g = co / og, n = co % og;
     const uint8_t* src = packed + co * src_row;
-    uint8_t* dst = out.data() + row * ldw;
+    uint8_t* dst = out.data() + g * per_group;
     for (int64_t t = 0; t < taps; ++t) {
       for (int64_t ci = 0; ci < cg; ++ci) {
+        const int64_t p = t * cg + ci;  // position in the gathered row
         const int32_t v = nibble(src, ci * taps + t);
-        dst[t * cg + ci] = static_cast<uint8_t>(v + 8);
-        (*wsum)[static_cast<size_t>(row)] += v;
+        dst[((p / 4) * n_pad + n) * 4 + p % 4] = static_cast<uint8_t>(v + 8);
+        (*wsum)[static_cast<size_t>(g * n_pad + n)] += v;
       }
     }
   }
@@ -202,9 +203,10 @@ void conv_driver(const int8_t* xn, const int32_t* psum, const float* img_scale, 
   pl.k = pl.cg * s.kh * s.kw;
   pl.kc = std::max<int64_t>(1, (pl.k + kChunk - 1) / kChunk);
   pl.lda = pl.kc * kChunk;
-  const int64_t n_pad = (pl.og + kNr - 1) / kNr * kNr;
+  const int64_t n_pad = (pl.og + kConvCols - 1) / kConvCols * kConvCols;
+  const int64_t k4 = (pl.k + 3) / 4;
   std::vector<int32_t> cw;
-  const std::vector<uint8_t> wx = expand_weights(s, packed, pl.kc, n_pad, &cw);
+  const std::vector<uint8_t> wx = expand_weights(s, packed, k4, n_pad, &cw);
   for (int32_t& v : cw) v *= a_offset;
   std::vector<float> sc(static_cast<size_t>(s.groups * n_pad), 0.0f);
   std::vector<float> bs(static_cast<size_t>(s.groups * n_pad), 0.0f);
@@ -228,8 +230,8 @@ void conv_driver(const int8_t* xn, const int32_t* psum, const float* img_scale, 
     }
     corr.resize(static_cast<size_t>(kRowsPerBlock), 0);  // whole groups of 8 rows
     gather(pl, xn, psum, b, g, p0, rows, static_cast<int8_t>(a_offset), a.data(), corr.data());
-    const ConvBlockArgs cb{a.data(), pl.lda, corr.data(), wx.data() + g * n_pad * pl.lda, pl.kc,
-                           pl.k, n_pad, pl.og, a_offset ? cw.data() + g * n_pad : nullptr,
+    const ConvBlockArgs cb{a.data(), pl.lda, corr.data(), wx.data() + g * k4 * n_pad * 4, k4,
+                           n_pad, pl.og, a_offset ? cw.data() + g * n_pad : nullptr,
                            sc.data() + g * n_pad, bias ? bs.data() + g * n_pad : nullptr,
                            img_scale[b], y + (b * s.c_out + g * pl.og) * pixels + p0, pixels};
     kn.conv_block(rows, cb);

@@ -71,15 +71,19 @@ void quantize_avx2(const float* x, int64_t n, float s, int8_t* q);
 float absmax_scalar(const float* x, int64_t n);
 float absmax_avx2(const float* x, int64_t n);
 
-// Convolution block: `rows` gathered rows (natural K order, kc*64 int8 each, zero padded) against
-// all columns of weights expanded to bytes w + 8 ([n_pad][kc*64], n_pad a multiple of kNr).
+// Convolution block: `rows` gathered rows (natural K order, int8, zero padded to a multiple of 4)
+// against all columns of weights expanded to bytes w + 8 in "quad" layout [k4][n_pad][4]: the four
+// values k = 4q..4q+3 of column n sit at (q * n_pad + n) * 4, so one 32-byte load holds a quad of
+// 8 columns (n_pad is a multiple of kConvCols). The SIMD paths multiply it with the row's quad
+// broadcast (outer-product form: no horizontal sums).
 // y[r + n * y_col] = (float(S - cw[n]) * sc[n]) * rs + bias[n] for n < n_real, S exact as above.
+constexpr int64_t kConvCols = 8;
 struct ConvBlockArgs {
   const int8_t* a;
   int64_t lda;
-  const int32_t* corr;  // [rows]: 8 * sum of the row (AVX2 path)
+  const int32_t* corr;  // [rows]: 8 * sum of the row (SIMD paths)
   const uint8_t* w;
-  int64_t kc, k;  // chunks per row; real K (a last chunk with K - 64c <= 32 is half zero)
+  int64_t k4;  // quads of K
   int64_t n_pad, n_real;
   const int32_t* cw;  // [n_pad] c * sum_k w, or null
   const float* sc;    // [n_pad]

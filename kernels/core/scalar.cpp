@@ -61,9 +61,9 @@ void conv_block_scalar(int64_t rows, const ConvBlockArgs& b) {
   for (int64_t r = 0; r < rows; ++r) {
     const int8_t* ar = b.a + r * b.lda;
     for (int64_t n = 0; n < b.n_real; ++n) {
-      const uint8_t* wr = b.w + n * b.kc * kChunk;
       int32_t s = 0;
-      for (int64_t k = 0; k < b.kc * kChunk; ++k) s += (static_cast<int32_t>(wr[k]) - 8) * ar[k];
+      for (int64_t k = 0; k < 4 * b.k4; ++k)
+        s += (static_cast<int32_t>(b.w[((k / 4) * b.n_pad + n) * 4 + k % 4]) - 8) * ar[k];
       b.y[r + n * b.y_col] = conv_value(s, b.cw ? b.cw[n] : 0, b.sc[n], b.rs, b.bias, n);
     }
   }

@@ -3,6 +3,7 @@
 // int16 intermediate of vpmaddubsw. Chosen at run time on CPUs that have AVX512-VNNI/VL/BW; the
 // results are identical to the AVX2 and scalar paths (integer sums are exact in all of them).
 #include <algorithm>
+#include <cstring>
 
 #include "internal.h"
 
@@ -53,14 +54,9 @@ ZEROP_VNNI inline void accumulate(const int8_t* a, int64_t lda, const uint8_t* w
   }
 }
 
-ZEROP_VNNI inline __m256i dot2(__m256i acc, __m256i wl, __m256i wh, const int8_t* a) {
-  acc = _mm256_dpbusd_epi32(acc, wl, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a)));
-  return _mm256_dpbusd_epi32(acc, wh,
-                             _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + 32)));
-}
-
-ZEROP_VNNI inline __m256i dot1(__m256i acc, __m256i wl, const int8_t* a) {
-  return _mm256_dpbusd_epi32(acc, wl, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a)));
+// acc[i] += the sum of the four u8 x s8 products in 32-bit lane i.
+ZEROP_VNNI inline __m256i dot4(__m256i acc, __m256i w, __m256i a) {
+  return _mm256_dpbusd_epi32(acc, w, a);
 }
 
 }  // namespace
