@@ -146,18 +146,26 @@ void matmul_driver(Prep prep, int32_t a_offset, int64_t m, int64_t k, const uint
   std::vector<float> rs(static_cast<size_t>(std::max<int64_t>(m, 1)), 1.0f);
   const int64_t prep_tasks = std::min<int64_t>(m, 4 * t);
   parallel_for(prep_tasks, t, [&](int64_t task) {
-    std::vector<int8_t> q(static_cast<size_t>(k));
+    std::vector<int8_t> q(static_cast<size_t>(lda), 0);  // natural order, zero padded to lda
     for (int64_t r = m * task / prep_tasks; r < m * (task + 1) / prep_tasks; ++r) {
       prep(r, q.data(), &rs[r], kn);
       int8_t* dst = a.data() + r * lda;
-      for (int64_t i = 0; i < k; ++i) dst[onnx_pos(i)] = q[i];
+      for (int64_t c = 0; c < lda; c += kChunk)  // the chunk layout: even k first, then odd k
+        for (int64_t j = 0; j < 32; ++j) {
+          dst[c + j] = q[c + 2 * j];
+          dst[c + 32 + j] = q[c + 2 * j + 1];
+        }
       kn.group_sums(dst, kc, gm, corr.data() + r * gm.groups);
     }
   });
-  std::vector<int8_t> ones(static_cast<size_t>(lda), 0);
-  for (int64_t i = 0; i < k; ++i) ones[onnx_pos(i)] = 1;
-  std::vector<int32_t> ones_corr(static_cast<size_t>(gm.groups + 1), 0);
-  kn.group_sums(ones.data(), kc, gm, ones_corr.data());
+  std::vector<int8_t> ones;  // only an activation offset needs sum_k w
+  std::vector<int32_t> ones_corr;
+  if (a_offset != 0) {
+    ones.assign(static_cast<size_t>(lda), 0);
+    for (int64_t i = 0; i < k; ++i) ones[onnx_pos(i)] = 1;
+    ones_corr.assign(static_cast<size_t>(gm.groups + 1), 0);
+    kn.group_sums(ones.data(), kc, gm, ones_corr.data());
+  }
 
   const WeightSpec ws{packed, ceil_div(k, 2), ceil_div(k, 2), n, k, kc, gm, scales, n, bias,
                       a_offset};
