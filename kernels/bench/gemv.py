@@ -50,7 +50,14 @@ def _rotating(items: list) -> object:
 
 
 def bench_case(
-    m: int, k: int, n: int, block: int, threads: int, copies: int, rng: np.random.Generator
+    m: int,
+    k: int,
+    n: int,
+    block: int,
+    threads: int,
+    copies: int,
+    rng: np.random.Generator,
+    rounds: int = 7,
 ) -> dict[str, float]:
     """Seconds per call of each variant for one shape and block size."""
     ws = [rng.integers(-8, 8, size=(n, k), dtype=np.int8) for _ in range(copies)]
@@ -81,7 +88,7 @@ def bench_case(
         f"ort_matmulnbits_b{block}_acc4": lambda: nbits[idx()].run(None, feed),
         "ort_fp32_matmul": lambda: fp32[idx_fp32()].run(None, feed),
     }
-    return interleaved_median(fns)
+    return interleaved_median(fns, rounds=rounds)
 
 
 def main() -> None:
@@ -95,6 +102,7 @@ def main() -> None:
     ap.add_argument("--cache", choices=["hot", "cold", "both"], default="both")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--ort-spin", action="store_true", help="let onnxruntime's idle threads spin")
+    ap.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds (median)")
     args = ap.parse_args()
     common.SPIN = args.ort_spin
     rng = np.random.default_rng(0)
@@ -110,7 +118,7 @@ def main() -> None:
         copies = 1 if mode == "hot" else -(-4 * L3_BYTES // weight_bytes)
         for m in args.m:
             for block in args.blocks:
-                t = bench_case(m, args.k, args.n, block, args.threads, copies, rng)
+                t = bench_case(m, args.k, args.n, block, args.threads, copies, rng, args.rounds)
                 ours, nb = t[f"ours_g{block}"], t[f"ort_matmulnbits_b{block}_acc4"]
                 row = {
                     "cache": mode,
