@@ -78,6 +78,12 @@ ZEROP_AVX2 inline __m256i dot4(__m256i acc, __m256i w, __m256i a) {
   return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(w, a), _mm256_set1_epi16(1)));
 }
 
+// Two pairs summed in int16 before widening (2 * 3840 < 32767).
+ZEROP_AVX2 inline __m256i dot8(__m256i acc, __m256i w0, __m256i a0, __m256i w1, __m256i a1) {
+  const __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(w0, a0), _mm256_maddubs_epi16(w1, a1));
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(p, _mm256_set1_epi16(1)));
+}
+
 // Sums of 8-byte runs of int8 values, as 4 int64 lanes (bytes biased to unsigned and corrected).
 ZEROP_AVX2 inline __m256i sad_sum(__m256i v) {
   return _mm256_sad_epu8(_mm256_xor_si256(v, _mm256_set1_epi8(static_cast<char>(0x80))),

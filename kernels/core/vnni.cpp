@@ -59,6 +59,10 @@ ZEROP_VNNI inline __m256i dot4(__m256i acc, __m256i w, __m256i a) {
   return _mm256_dpbusd_epi32(acc, w, a);
 }
 
+ZEROP_VNNI inline __m256i dot8(__m256i acc, __m256i w0, __m256i a0, __m256i w1, __m256i a1) {
+  return _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(acc, w0, a0), w1, a1);
+}
+
 }  // namespace
 
 #define ZEROP_TARGET ZEROP_VNNI
