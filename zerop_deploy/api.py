@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass
 from importlib import metadata
@@ -102,6 +103,12 @@ def _fingerprint(model: Path, quant: QuantConfig, train: TrainConfig, data: Data
     return h.hexdigest()
 
 
+def _say(progress: bool, message: str) -> None:
+    """One progress line on stderr when it is a terminal (stdout stays free for --json)."""
+    if progress and sys.stderr.isatty():
+        print(f"zerop-deploy: {message}", file=sys.stderr, flush=True)
+
+
 def _versions() -> dict[str, str]:
     out = {}
     for pkg in ("zerop-deploy", "torch", "onnx", "onnxruntime", "onnx2torch", "numpy"):
@@ -149,13 +156,21 @@ def quantize(
         raise ConfigError(f"--min-agreement {min_agreement}: must be a fraction in [0, 1]")
     device = resolve_device(train.device)
     torch.manual_seed(train.seed)
+    if data.proxy is None:
+        raise InputError("no proxy data: pass --proxy PATH (a folder of images, a .npz or a .npy)")
+    for path in (data.proxy, data.eval):
+        if path is not None and not Path(path).exists():
+            raise InputError(f"{path}: no such file or folder; pass an image folder, .npz or .npy")
 
     from zerop_deploy.load import load_model
 
+    _say(progress, f"reading and converting {src}")
     loaded = load_model(src)
     proto, teacher = loaded.proto, loaded.module
     chw = _input_chw(proto, str(src))
     images = _load_images(data, chw, train.seed)
+    _say(progress, f"{len(images.train)} proxy images for training, {len(images.holdout)} held back"
+         + (f", {len(images.eval)} for evaluation" if images.eval is not None else ""))
     t_start = time.monotonic()
     student, plan, result = _fine_tune(teacher, proto, images, quant, train, device,
                                        checkpoint=out.with_name(out.name + ".ckpt"),
@@ -169,8 +184,10 @@ def quantize(
     if rank != 0:  # torchrun: rank 0 exports, validates and writes the report
         return {}
 
+    _say(progress, f"exporting {out}")
     qproto = export_qdq(proto, layer_quants(student, plan, proto), int32_bias=True)
     save_qdq(qproto, out)
+    _say(progress, "validating the exported model in onnxruntime")
     doc = _report(src, out, quant, train, data, images, plan, result, device, time.monotonic() - t_start)
     doc["training"]["processes"] = world
     doc.update(_validation(proto, qproto, student, images))
@@ -199,6 +216,7 @@ def _fine_tune(teacher, proto, images, quant, train, device, *, checkpoint, fing
     student, plan = build_student(teacher, proto, quant)
     if all(p.skipped for p in plan):
         raise InputError("the model has no layer to quantize (Conv, ConvTranspose, Gemm, MatMul)")
+    _say(progress, f"{sum(not p.skipped for p in plan)} layers to quantize; calibrating step sizes")
     init_weight_scales(student)
     calib = images.train[: train.calib_images]
     calibrate_activations(student, [calib[i : i + 64] for i in range(0, len(calib), 64)])
