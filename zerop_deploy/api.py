@@ -80,8 +80,7 @@ def _input_chw(proto: onnx.ModelProto, source: str) -> tuple[int, int, int]:
 def _load_images(data: DataConfig, chw: tuple[int, int, int], seed: int) -> _Images:
     from zerop_deploy.data import load_images, to_model_input
 
-    if data.proxy is None:
-        raise InputError("no proxy data: pass --proxy PATH (a folder of images, a .npz or a .npy)")
+    assert data.proxy is not None  # checked by quantize()
     proxy = load_images(data.proxy)
     x = to_model_input(proxy.images, chw, mean=data.mean, std=data.std)
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
