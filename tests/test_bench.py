@@ -58,3 +58,37 @@ def test_cli_bench_json_and_missing_file(model_path, tmp_path):
     result = CliRunner().invoke(main, ["bench", str(tmp_path / "missing.onnx")])
     assert result.exit_code == 2
     assert "missing.onnx" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_gemm_attributes_and_3d_matmul(tmp_path):
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((8, 6)).astype(np.float32), "W"),
+        numpy_helper.from_array(np.zeros(6, np.float32), "B"),
+        numpy_helper.from_array(np.array([1, 4, 6], np.int64), "shape"),
+        numpy_helper.from_array(rng.standard_normal((6, 5)).astype(np.float32), "W2"),
+    ]
+    graph = helper.make_graph(
+        [
+            helper.make_node("Gemm", ["x", "W", "B"], ["h"], transA=1, alpha=0.5, name="g"),
+            helper.make_node("Reshape", ["h", "shape"], ["h3"]),
+            helper.make_node("MatMul", ["h3", "W2"], ["y"], name="mm"),
+        ],
+        "t",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 5])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "gm.onnx"
+    onnx.save(model, str(path))
+    gemm, matmul = bench(path, threads=1, rounds=1)["layers"]
+    # transA/alpha: onnxruntime variants still run (attributes kept), ours is skipped with a note.
+    assert gemm["ort_fp32_us"] > 0 and gemm["ort_qdq_us"] > 0
+    assert gemm["ours_int4_us"] is None and "transA" in gemm["note"]
+    # A 3-D MatMul folds its leading dimensions into M for MatMulNBits and our kernel.
+    assert matmul["ort_matmulnbits_us"] is not None
+    assert (matmul["ours_int4_us"] is not None) == kernels.available()

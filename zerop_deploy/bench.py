@@ -125,8 +125,8 @@ class _Layer:
                 return "Gemm with transA/alpha/beta"
             if self.bias is not None and self.bias.shape != (self.w.shape[0],):
                 return "Gemm bias is not a per-output vector"
-        if self.node.op_type == "MatMul" and self.x.ndim != 2:
-            return "MatMul on a non-2-D input"
+        if self.node.op_type == "MatMul" and self.x.ndim < 2:
+            return "MatMul on a 1-D input"
         if self.node.op_type == "Conv":
             if self.x.ndim != 4 or a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
                 return "Conv that is not 2-D with explicit pads"
@@ -144,8 +144,8 @@ class _Layer:
 
     def matmul_input(self) -> np.ndarray | None:
         """Return the activation as ``[M, K]`` for a plain matrix product, else None."""
-        if self.node.op_type in ("Gemm", "MatMul"):
-            return self.x
+        if self.node.op_type in ("Gemm", "MatMul"):  # leading dimensions fold into M
+            return None if self.supported() else self.x.reshape(-1, self.x.shape[-1])
         kw = self.conv_kwargs()
         if (
             self.w.shape[2:] == (1, 1)
@@ -163,8 +163,8 @@ class _Layer:
             inputs.append("B")
         op = "Gemm" if self.node.op_type == "Gemm" else self.node.op_type
         attrs = dict(self.attrs)
-        if op == "Gemm":
-            attrs = {"transB": 1}
+        if op == "Gemm":  # the weight is stored [N, K] here; the other attributes stay
+            attrs = {**{k: v for k, v in attrs.items() if k != "transB"}, "transB": 1}
         if op == "MatMul":
             inputs = inputs[:2]
         return helper.make_node(op, inputs, ["Y"], **attrs)
@@ -201,7 +201,7 @@ class _Layer:
         return _model(nodes, self.x, inits, {"": 21})
 
     def nbits_model(self, a: np.ndarray) -> onnx.ModelProto:
-        n, k = self.w.shape[0], a.shape[1]
+        n, k = self.w.shape[0], a.shape[-1]
         block = max(16, min(128, 1 << (k.bit_length() - 1)))
         blocks = -(-k // block)
         codes = np.full((n, blocks * block), 8, np.uint8)
@@ -234,9 +234,8 @@ class _Layer:
             return lambda: kernels.conv2d_int4(
                 self.x, packed, self.scales, bias=self.bias, threads=threads, **kw
             )
-        return lambda: kernels.matmul_int4(
-            self.x, packed, self.scales, bias=self.bias, threads=threads
-        )
+        x2 = self.matmul_input()
+        return lambda: kernels.matmul_int4(x2, packed, self.scales, bias=self.bias, threads=threads)
 
 
 def _capture_inputs(
