@@ -2,9 +2,10 @@
 
 Each row runs one real command (``zerop-deploy quantize ...`` in a subprocess, or onnxruntime's own
 ``quantize_static`` for the baseline), then measures top-1 accuracy on ``cifar10_test.npz`` with
-onnxruntime on the file that command wrote. Wall time, peak memory (RSS of the child), images/s, seed
-and the exact command are recorded per row. Results go to ``benchmarks/results/accuracy.json`` and,
-with ``--write``, to the "Accuracy" section of BENCHMARKS.md.
+onnxruntime on the file that command wrote. Wall time, peak memory (RSS of the child), images/s,
+seed and the exact command are recorded per row. Results go to
+``benchmarks/results/accuracy.json`` and, with ``--write``, to the "Accuracy" section of
+BENCHMARKS.md.
 
 Usage::
 
@@ -28,8 +29,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 NETS = {"resnet20": "resnet20_cifar10", "shufflenet": "shufflenetv2_x0_5_cifar10"}
-BITS = {"w8a8": ("8", "8", "8"), "w4a8": ("4", "8", "8"), "w4a4": ("4", "4", "8"),
-        "w4a4-all4": ("4", "4", "4")}
+BITS = {
+    "w8a8": ("8", "8", "8"),
+    "w4a8": ("4", "8", "8"),
+    "w4a4": ("4", "4", "8"),
+    "w4a4-all4": ("4", "4", "4"),
+}
 METHODS = ("ort_static", "proxy", "upper_bound")
 MARK_BEGIN, MARK_END = "<!-- accuracy:begin -->", "<!-- accuracy:end -->"
 
@@ -65,16 +70,48 @@ def _run(cmd: list[str]) -> tuple[float, float, str]:
 def _ort_static(model: Path, out: Path, bits: tuple[str, str, str], proxy: Path) -> list[str]:
     """The command line of the onnxruntime baseline (see ort_static.py)."""
     w, a, _ = bits
-    return [sys.executable, str(ROOT / "benchmarks" / "ort_static.py"), str(model), str(out),
-            "--wbits", w, "--abits", a, "--calib", str(proxy)]
+    return [
+        sys.executable,
+        str(ROOT / "benchmarks" / "ort_static.py"),
+        str(model),
+        str(out),
+        "--wbits",
+        w,
+        "--abits",
+        a,
+        "--calib",
+        str(proxy),
+    ]
 
 
 def _zerop(model: Path, out: Path, bits: tuple[str, str, str], proxy: Path, args) -> list[str]:
     w, a, fl = bits
-    cmd = [sys.executable, "-m", "zerop_deploy", "quantize", str(model), "-o", str(out), "--wbits", w, "--abits", a,
-           "--first-last-bits", fl, "--proxy", str(proxy), "--seed", str(args.seed), "--json",
-           "--quiet"]
-    cmd += ["--time-budget", str(args.time_budget)] if args.time_budget else ["--steps", str(args.steps)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "zerop_deploy",
+        "quantize",
+        str(model),
+        "-o",
+        str(out),
+        "--wbits",
+        w,
+        "--abits",
+        a,
+        "--first-last-bits",
+        fl,
+        "--proxy",
+        str(proxy),
+        "--seed",
+        str(args.seed),
+        "--json",
+        "--quiet",
+    ]
+    cmd += (
+        ["--time-budget", str(args.time_budget)]
+        if args.time_budget
+        else ["--steps", str(args.steps)]
+    )
     return cmd
 
 
@@ -87,10 +124,17 @@ def run_row(net: str, method: str, bits: str, args, x, y, tmp: Path) -> dict:
     else:
         cmd = _zerop(model, out, BITS[bits], proxy, args)
     wall, peak, stdout = _run(cmd)
-    row = {"net": net, "method": method, "bits": bits, "accuracy": _accuracy(out, x, y),
-           "wall_s": round(wall, 1), "peak_rss_mib": round(peak), "seed": args.seed,
-           "proxy": proxy.name,
-           "command": " ".join(cmd).replace(str(tmp), "OUT").replace(sys.executable, "python")}
+    row = {
+        "net": net,
+        "method": method,
+        "bits": bits,
+        "accuracy": _accuracy(out, x, y),
+        "wall_s": round(wall, 1),
+        "peak_rss_mib": round(peak),
+        "seed": args.seed,
+        "proxy": proxy.name,
+        "command": " ".join(cmd).replace(str(tmp), "OUT").replace(sys.executable, "python"),
+    }
     if method != "ort_static":
         rep = json.loads(stdout)
         row["images_per_s"] = rep["training"]["images_per_second"]
@@ -100,8 +144,11 @@ def run_row(net: str, method: str, bits: str, args, x, y, tmp: Path) -> dict:
 
 
 def _table(rows: list[dict], fp32: dict[str, float]) -> str:
-    lines = ["| network | method | bits | top-1 (%) | vs fp32 | steps | img/s | wall (s) | peak RSS (MiB) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| network | method | bits | top-1 (%) | vs fp32 | steps | img/s | wall (s) "
+        "| peak RSS (MiB) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         d = 100 * (r["accuracy"] - fp32[r["net"]])
         lines.append(
@@ -120,12 +167,19 @@ def _write_section(text: str) -> None:
         start, end = doc.index(MARK_BEGIN), doc.index(MARK_END) + len(MARK_END)
         doc = doc[:start] + block + doc[end:]
     else:
-        doc = doc.rstrip() + "\n\n## Accuracy (CIFAR-10, onnxruntime on the exported file)\n\n" + block + "\n"
+        doc = (
+            doc.rstrip()
+            + "\n\n## Accuracy (CIFAR-10, onnxruntime on the exported file)\n\n"
+            + block
+            + "\n"
+        )
     path.write_text(doc)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--nets", nargs="+", default=list(NETS), choices=list(NETS))
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     ap.add_argument("--bits", nargs="+", default=list(BITS), choices=list(BITS))
@@ -151,9 +205,11 @@ def main() -> None:
     results = ROOT / "benchmarks" / "results"
     results.mkdir(exist_ok=True)
     (results / "accuracy.json").write_text(json.dumps({"fp32": fp32, "rows": rows}, indent=2))
-    header = (f"fp32 (onnxruntime, JPEG CIFAR-10 test, 10,000 images): "
-              + ", ".join(f"{n} {100 * a:.2f} %" for n, a in fp32.items())
-              + f". Command: `python benchmarks/accuracy.py {' '.join(sys.argv[1:])}`")
+    header = (
+        "fp32 (onnxruntime, JPEG CIFAR-10 test, 10,000 images): "
+        + ", ".join(f"{n} {100 * a:.2f} %" for n, a in fp32.items())
+        + f". Command: `python benchmarks/accuracy.py {' '.join(sys.argv[1:])}`"
+    )
     text = header + "\n\n" + _table(rows, fp32)
     print(text)
     if args.write:

@@ -52,7 +52,7 @@ TOLERANCE = 1e-3
 SECTION = "## Conversion coverage (ONNX -> PyTorch)"
 PLACEHOLDER = "(pending: `benchmarks/convert_coverage.py`)"
 ZOO_NOTE = (
-    "; `onnx zoo` = `onnx/backend/test/data/light/*.onnx` from the onnx package (these \"light\""
+    '; `onnx zoo` = `onnx/backend/test/data/light/*.onnx` from the onnx package (these "light"'
     " graphs build every weight with ConstantOfShape, so their outputs are nearly constant and"
     " their parity check is weak)"
 )

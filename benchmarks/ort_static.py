@@ -45,8 +45,11 @@ def main() -> None:
     ap.add_argument("--abits", type=int, choices=(4, 8), default=8)
     ap.add_argument("--calib", type=Path, required=True)
     ap.add_argument("--images", type=int, default=512)
-    ap.add_argument("--select", type=Path,
-                    default=Path(__file__).resolve().parents[2] / "shared/data/cifar10_test.npz")
+    ap.add_argument(
+        "--select",
+        type=Path,
+        default=Path(__file__).resolve().parents[2] / "shared/data/cifar10_test.npz",
+    )
     a = ap.parse_args()
     rng = np.random.default_rng(0)
     src = load_images(a.calib)
@@ -60,9 +63,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for method in (CalibrationMethod.MinMax, CalibrationMethod.Percentile):
             out = Path(tmp) / f"{method.name}.onnx"
-            quantize_static(str(a.model), str(out), _Reader(x, "input"), quant_format=QuantFormat.QDQ,
-                            per_channel=True, weight_type=wtype, activation_type=atype,
-                            calibrate_method=method)
+            quantize_static(
+                str(a.model),
+                str(out),
+                _Reader(x, "input"),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                weight_type=wtype,
+                activation_type=atype,
+                calibrate_method=method,
+            )
             acc = accuracy(str(out), xs, ys)
             print(f"{method.name}: {100 * acc:.2f} %", file=sys.stderr)
             if acc > best[0]:

@@ -29,7 +29,11 @@ def one_node_model(
     """A model with one node ``op`` reading float inputs (and constant initializers)."""
     initializers = initializers or {}
     node = helper.make_node(
-        op, node_inputs or [*inputs, *initializers], ["y"], name=f"{op.lower()}_node", **(attrs or {})
+        op,
+        node_inputs or [*inputs, *initializers],
+        ["y"],
+        name=f"{op.lower()}_node",
+        **(attrs or {}),
     )
     graph = helper.make_graph(
         [node],
@@ -59,7 +63,7 @@ def assert_ort_matches_torch(model: onnx.ModelProto, *, seed: int = 0, atol: flo
 
 
 def small_cnn(*, keep_bn: bool = True, opset: int = 17, seed: int = 0):
-    """A tiny conv net with BatchNorm, exported with the TorchScript exporter; returns ModelProto."""
+    """A tiny conv net with BatchNorm, exported by the TorchScript exporter (a ModelProto)."""
     import io
 
     import torch
@@ -67,9 +71,15 @@ def small_cnn(*, keep_bn: bool = True, opset: int = 17, seed: int = 0):
 
     torch.manual_seed(seed)
     net = nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
-        nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4),
+        nn.Conv2d(3, 8, 3, padding=1, bias=False),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 4),
     )
     with torch.no_grad():
         for m in net.modules():
@@ -82,8 +92,14 @@ def small_cnn(*, keep_bn: bool = True, opset: int = 17, seed: int = 0):
     if keep_bn:
         kwargs = {"training": torch.onnx.TrainingMode.PRESERVE, "do_constant_folding": False}
     torch.onnx.export(
-        net, (torch.rand(1, 3, 16, 16),), buf, input_names=["input"], output_names=["logits"],
-        dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}}, opset_version=opset, dynamo=False,
+        net,
+        (torch.rand(1, 3, 16, 16),),
+        buf,
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},
+        opset_version=opset,
+        dynamo=False,
         **kwargs,
     )
     return onnx.load_from_string(buf.getvalue())

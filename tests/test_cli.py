@@ -44,12 +44,15 @@ def test_unconvertible_model_reports_json_and_exits_2(tmp_path):
     assert err.count("\n") == 1 and "frob_1" in err
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["inspect", "/nonexistent/m.onnx"], "/nonexistent/m.onnx"),
-    (["inspect"], "Missing argument"),
-    (["inspect", "x.onnx", "--bogus"], "--bogus"),
-    (["frobnicate"], "frobnicate"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["inspect", "/nonexistent/m.onnx"], "/nonexistent/m.onnx"),
+        (["inspect"], "Missing argument"),
+        (["inspect", "x.onnx", "--bogus"], "--bogus"),
+        (["frobnicate"], "frobnicate"),
+    ],
+)
 def test_bad_usage_is_one_line_exit_2(args, needle):
     code, out, err = run(*args)
     assert code == 2 and out == ""
@@ -63,7 +66,9 @@ def test_directory_and_random_bytes_in_a_real_process(tmp_path):
     for target in (tmp_path, junk):
         proc = subprocess.run(
             [sys.executable, "-m", "zerop_deploy", "inspect", str(target)],
-            capture_output=True, text=True, timeout=120,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert proc.returncode == 2, proc.stderr
         assert proc.stderr.count("\n") == 1 and str(target) in proc.stderr
@@ -85,20 +90,25 @@ def test_version():
     assert code == 0 and "zerop-deploy" in out
 
 
-@pytest.mark.parametrize("extra, needle", [
-    ([], "no proxy data"),
-    (["--proxy", "/nonexistent/p.npz"], "/nonexistent/p.npz"),
-    (["--proxy", "x.npz", "--steps", "0"], "--steps 0"),
-    (["--proxy", "x.npz", "--steps", "-3"], "--steps -3"),
-    (["--proxy", "x.npz", "--bits", "3"], "--bits"),
-    (["--proxy", "x.npz", "--mean", "a,b"], "--mean"),
-    (["--proxy", "x.npz", "--layer-config", "/nonexistent/l.json"], "l.json"),
-])
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        ([], "no proxy data"),
+        (["--proxy", "/nonexistent/p.npz"], "/nonexistent/p.npz"),
+        (["--proxy", "x.npz", "--steps", "0"], "--steps 0"),
+        (["--proxy", "x.npz", "--steps", "-3"], "--steps -3"),
+        (["--proxy", "x.npz", "--bits", "3"], "--bits"),
+        (["--proxy", "x.npz", "--mean", "a,b"], "--mean"),
+        (["--proxy", "x.npz", "--layer-config", "/nonexistent/l.json"], "l.json"),
+    ],
+)
 def test_quantize_bad_input_is_one_line_exit_2(tmp_path, cnn_bn, extra, needle):
     p = tmp_path / "m.onnx"
     onnx.save(cnn_bn, str(p))
     np.savez(tmp_path / "x.npz", images=np.zeros((4, 8, 8, 3), np.uint8))
-    code, out, err = run("quantize", str(p), *[str(tmp_path / e) if e == "x.npz" else e for e in extra])
+    code, out, err = run(
+        "quantize", str(p), *[str(tmp_path / e) if e == "x.npz" else e for e in extra]
+    )
     assert code == 2, err
     assert err.count("\n") == 1 and needle in err and "Traceback" not in err
     assert sorted(f.name for f in tmp_path.iterdir()) == ["m.onnx", "x.npz"]  # nothing written

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -12,20 +13,32 @@ from zerop_deploy.config import (
 from zerop_deploy.errors import ConfigError
 
 
-@pytest.mark.parametrize("kw, needle", [
-    ({"wbits": 3}, "wbits=3"), ({"abits": 16}, "abits=16"), ({"first_last_bits": 2}, "first_last"),
-])
+@pytest.mark.parametrize(
+    "kw, needle",
+    [
+        ({"wbits": 3}, "wbits=3"),
+        ({"abits": 16}, "abits=16"),
+        ({"first_last_bits": 2}, "first_last"),
+    ],
+)
 def test_quant_config_rejects_bits(kw, needle):
     with pytest.raises(ConfigError, match=needle):
         QuantConfig(**kw)
 
 
-@pytest.mark.parametrize("kw, needle", [
-    ({"steps": 0}, "--steps 0"), ({"steps": -5}, "--steps -5"), ({"steps": 10**9}, "--steps"),
-    ({"time_budget_s": -1}, "--time-budget"), ({"batch_size": 0}, "batch size"),
-    ({"lr": 2.0}, "learning rate"), ({"device": "tpu"}, "--device tpu"),
-    ({"checkpoint_every_s": -1}, "--checkpoint-every"),
-])
+@pytest.mark.parametrize(
+    "kw, needle",
+    [
+        ({"steps": 0}, "--steps 0"),
+        ({"steps": -5}, "--steps -5"),
+        ({"steps": 10**9}, "--steps"),
+        ({"time_budget_s": -1}, "--time-budget"),
+        ({"batch_size": 0}, "batch size"),
+        ({"lr": 2.0}, "learning rate"),
+        ({"device": "tpu"}, "--device tpu"),
+        ({"checkpoint_every_s": -1}, "--checkpoint-every"),
+    ],
+)
 def test_train_config_rejects_absurd_values(kw, needle):
     with pytest.raises(ConfigError, match=needle):
         TrainConfig(**kw)
@@ -33,7 +46,7 @@ def test_train_config_rejects_absurd_values(kw, needle):
 
 def test_configs_are_frozen_keyword_only_and_serialisable():
     q = QuantConfig(wbits=4, abits=8, overrides={"c": LayerOverride(wbits=8)})
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         q.wbits = 8  # type: ignore[misc]
     with pytest.raises(TypeError):
         QuantConfig(4, 4)  # type: ignore[misc]
@@ -41,8 +54,12 @@ def test_configs_are_frozen_keyword_only_and_serialisable():
 
 
 def test_bits_for_edges_and_overrides():
-    q = QuantConfig(wbits=4, abits=4, first_last_bits=8,
-                    overrides={"a": LayerOverride(abits=8), "b": LayerOverride(skip=True)})
+    q = QuantConfig(
+        wbits=4,
+        abits=4,
+        first_last_bits=8,
+        overrides={"a": LayerOverride(abits=8), "b": LayerOverride(skip=True)},
+    )
     assert q.bits_for("x", edge=False) == (4, 4)
     assert q.bits_for("x", edge=True) == (8, 8)
     assert q.bits_for("a", edge=False) == (4, 8)

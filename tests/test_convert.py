@@ -14,8 +14,12 @@ REDUCE_OPS = ["ReduceMean", "ReduceMax", "ReduceMin"]
 @pytest.mark.parametrize("axes", [[2, 3], [-1], [1]])
 def test_reduce18_constant_axes(op, keepdims, axes):
     model = one_node_model(
-        op, {"x": (2, 3, 4, 5)}, None, opset=18,
-        initializers={"axes": np.array(axes, dtype=np.int64)}, attrs={"keepdims": keepdims},
+        op,
+        {"x": (2, 3, 4, 5)},
+        None,
+        opset=18,
+        initializers={"axes": np.array(axes, dtype=np.int64)},
+        attrs={"keepdims": keepdims},
     )
     assert_ort_matches_torch(model)
 
@@ -37,7 +41,10 @@ def test_converted_module_is_named_after_the_onnx_node():
     from zerop_deploy.load import convert_model
 
     model = one_node_model(
-        "ReduceMean", {"x": (2, 3, 4, 5)}, None, opset=18,
+        "ReduceMean",
+        {"x": (2, 3, 4, 5)},
+        None,
+        opset=18,
         initializers={"axes": np.array([2, 3], dtype=np.int64)},
     )
     names = dict(convert_model(model).named_modules())
@@ -60,7 +67,9 @@ def _multi_output_model(op, x_shape, n_outputs, *, opset, initializers=None, att
         op, ["x", *initializers], outs, name=f"{op.lower()}_node", **(attrs or {})
     )
     graph = helper.make_graph(
-        [node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
         [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outs],
         [numpy_helper.from_array(v, n) for n, v in initializers.items()],
     )
@@ -93,8 +102,12 @@ ZERO_COPIES = [[0, 12], [0, -1, 4]]  # allowzero=0 only: with 1 the output would
 )
 def test_reshape19(opset, allowzero, shape):
     model = one_node_model(
-        "Reshape", {"x": (2, 3, 4)}, None, opset=opset,
-        initializers={"shape": np.array(shape, dtype=np.int64)}, attrs={"allowzero": allowzero},
+        "Reshape",
+        {"x": (2, 3, 4)},
+        None,
+        opset=opset,
+        initializers={"shape": np.array(shape, dtype=np.int64)},
+        attrs={"allowzero": allowzero},
     )
     assert_ort_matches_torch(model)
 
@@ -114,8 +127,12 @@ def test_reshape19_unknown_allowzero_names_the_attribute():
     from zerop_deploy.load import convert_model
 
     model = one_node_model(
-        "Reshape", {"x": (2, 3)}, (6,), opset=19,
-        initializers={"shape": np.array([-1], dtype=np.int64)}, attrs={"allowzero": 2},
+        "Reshape",
+        {"x": (2, 3)},
+        (6,),
+        opset=19,
+        initializers={"shape": np.array([-1], dtype=np.int64)},
+        attrs={"allowzero": 2},
     )
     with pytest.raises(UnsupportedModelError, match="allowzero"):
         convert_model(model)
@@ -140,7 +157,11 @@ def test_split18_num_outputs(shape, axis, num_outputs):
 @pytest.mark.parametrize(("axis", "split"), [(1, [1, 5]), (1, [2, 2, 2]), (0, [1, 1])])
 def test_split18_split_input(axis, split):
     model = _multi_output_model(
-        "Split", (2, 6), len(split), opset=18, attrs={"axis": axis},
+        "Split",
+        (2, 6),
+        len(split),
+        opset=18,
+        attrs={"axis": axis},
         initializers={"split": np.array(split, dtype=np.int64)},
     )
     assert_ort_matches_torch(model)
@@ -189,7 +210,10 @@ def test_averagepool19_dilations_are_refused_by_name():
     from zerop_deploy.load import convert_model
 
     model = one_node_model(
-        "AveragePool", {"x": (1, 1, 8, 8)}, None, opset=19,
+        "AveragePool",
+        {"x": (1, 1, 8, 8)},
+        None,
+        opset=19,
         attrs={"kernel_shape": [2, 2], "dilations": [2, 2]},
     )
     with pytest.raises(UnsupportedModelError, match="dilations"):
@@ -212,7 +236,6 @@ def test_dropout7(ratio, with_mask):
 
 def _conv_with_computed_weights(ir_version=8, opset=13):
     """Two Convs: one weight through Identity (TorchScript dedup), one from ConstantOfShape."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
@@ -231,7 +254,10 @@ def _conv_with_computed_weights(ir_version=8, opset=13):
     if ir_version < 4:  # the IR 3 convention: initializers are also graph inputs
         inputs.append(helper.make_tensor_value_info("w", TensorProto.FLOAT, w.shape))
     graph = helper.make_graph(
-        nodes, "g", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        nodes,
+        "g",
+        inputs,
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
         [numpy_helper.from_array(w, "w")],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
@@ -252,8 +278,6 @@ def _with_3_input_channels(model):
 @pytest.mark.parametrize(("ir_version", "opset"), [(8, 13), (3, 9)])
 def test_fold_constant_weights_makes_computed_weights_convertible(ir_version, opset):
     from zerop_deploy.convert.fold import fold_constant_weights
-    from zerop_deploy.errors import UnsupportedModelError
-    from zerop_deploy.load import convert_model
 
     model = _with_3_input_channels(_conv_with_computed_weights(ir_version, opset))
     with pytest.raises(KeyError):  # onnx2torch alone reads Conv weights from initializers only
@@ -276,12 +300,14 @@ def test_fold_constant_weights_leaves_other_graphs_alone():
 @pytest.mark.parametrize("opset", [14, 18])
 def test_prepare_drops_inert_allowzero_for_onnx2torch_reshape14(opset):
     from zerop_deploy.convert.prepare import prepare_for_onnx2torch
-    from zerop_deploy.errors import UnsupportedModelError
-    from zerop_deploy.load import convert_model
 
     model = one_node_model(
-        "Reshape", {"x": (2, 3, 4)}, (2, 12), opset=opset,
-        initializers={"shape": np.array([2, -1], dtype=np.int64)}, attrs={"allowzero": 1},
+        "Reshape",
+        {"x": (2, 3, 4)},
+        (2, 12),
+        opset=opset,
+        initializers={"shape": np.array([2, -1], dtype=np.int64)},
+        attrs={"allowzero": 1},
     )
     with pytest.raises(NotImplementedError, match="allowzero"):
         onnx2torch.convert(model)  # onnx2torch's Reshape-14 refuses allowzero=1
@@ -296,8 +322,12 @@ def test_prepare_keeps_allowzero_when_the_shape_has_a_zero():
     from zerop_deploy.convert.prepare import prepare_for_onnx2torch
 
     model = one_node_model(
-        "Reshape", {"x": (2, 3)}, (2, 3), opset=18,
-        initializers={"shape": np.array([0, 3], dtype=np.int64)}, attrs={"allowzero": 0},
+        "Reshape",
+        {"x": (2, 3)},
+        (2, 3),
+        opset=18,
+        initializers={"shape": np.array([0, 3], dtype=np.int64)},
+        attrs={"allowzero": 0},
     )
     assert prepare_for_onnx2torch(model) is model
 

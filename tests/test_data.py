@@ -16,15 +16,18 @@ def test_npz_with_labels_and_npy(tmp_path):
     assert load_images(tmp_path / "b.npy").images.shape == (5, 8, 8, 1)
 
 
-@pytest.mark.parametrize("make, needle", [
-    (lambda d: np.savez(d / "x.npz", pixels=np.zeros((2, 4, 4, 3), np.uint8)), "no 'images'"),
-    (lambda d: np.savez(d / "x.npz", images=np.zeros((2, 4, 4, 3), np.float32)), "uint8"),
-    (lambda d: np.savez(d / "x.npz", images=np.zeros((4, 4), np.uint8)), "N x H x W x C"),
-    (lambda d: np.savez(d / "x.npz", images=np.zeros((2, 4, 4, 5), np.uint8)), "5 channels"),
-    (lambda d: np.savez(d / "x.npz", images=np.zeros((2, 4, 4, 2), np.uint8)), "2 channels"),
-    (lambda d: np.savez(d / "x.npz", images=np.zeros((0, 4, 4, 3), np.uint8)), "no images"),
-    (lambda d: (d / "x.npz").write_bytes(b"junk"), "cannot read"),
-])
+@pytest.mark.parametrize(
+    "make, needle",
+    [
+        (lambda d: np.savez(d / "x.npz", pixels=np.zeros((2, 4, 4, 3), np.uint8)), "no 'images'"),
+        (lambda d: np.savez(d / "x.npz", images=np.zeros((2, 4, 4, 3), np.float32)), "uint8"),
+        (lambda d: np.savez(d / "x.npz", images=np.zeros((4, 4), np.uint8)), "N x H x W x C"),
+        (lambda d: np.savez(d / "x.npz", images=np.zeros((2, 4, 4, 5), np.uint8)), "5 channels"),
+        (lambda d: np.savez(d / "x.npz", images=np.zeros((2, 4, 4, 2), np.uint8)), "2 channels"),
+        (lambda d: np.savez(d / "x.npz", images=np.zeros((0, 4, 4, 3), np.uint8)), "no images"),
+        (lambda d: (d / "x.npz").write_bytes(b"junk"), "cannot read"),
+    ],
+)
 def test_bad_npz(tmp_path, make, needle):
     make(tmp_path)
     with pytest.raises(InputError, match=needle):

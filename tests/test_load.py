@@ -95,9 +95,15 @@ def test_external_data_missing_or_short(tmp_path):
 
 
 def test_model_without_inputs_is_refused(tmp_path):
-    node = helper.make_node("Constant", [], ["y"], value=numpy_helper.from_array(np.ones(3, np.float32)))
-    graph = helper.make_graph([node], "g", [], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3])])
-    p = _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "n.onnx")
+    node = helper.make_node(
+        "Constant", [], ["y"], value=numpy_helper.from_array(np.ones(3, np.float32))
+    )
+    graph = helper.make_graph(
+        [node], "g", [], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3])]
+    )
+    p = _save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "n.onnx"
+    )
     with pytest.raises(InputError, match="no inputs"):
         read_model(p)
 
@@ -105,7 +111,9 @@ def test_model_without_inputs_is_refused(tmp_path):
 def custom_op_model():
     node = helper.make_node("Frobnicate", ["x"], ["y"], name="frob_1", domain="com.example")
     graph = helper.make_graph(
-        [node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
     )
     return helper.make_model(
@@ -129,8 +137,13 @@ def test_dynamic_spatial_dims_are_refused_with_the_input_name(tmp_path):
 
 @pytest.mark.shared
 @pytest.mark.parametrize(
-    "name", ["resnet20_cifar10", "resnet20_cifar10_folded", "shufflenetv2_x0_5_cifar10",
-             "shufflenetv2_x0_5_cifar10_folded"],
+    "name",
+    [
+        "resnet20_cifar10",
+        "resnet20_cifar10_folded",
+        "shufflenetv2_x0_5_cifar10",
+        "shufflenetv2_x0_5_cifar10_folded",
+    ],
 )
 def test_shared_models_convert_within_1e4(name):
     path = shared_path("models", f"{name}.onnx")

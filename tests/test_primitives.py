@@ -33,8 +33,9 @@ def test_fake_quantize_forward_equals_quant_dequant_and_has_ste_gradients():
     x = (torch.randn(4, 6) * 3).requires_grad_()
     scale = torch.tensor([0.5, 0.25, 1.0, 0.1]).requires_grad_()
     y = P.fake_quantize(x, scale, qmin=-8, qmax=7, axis=0)
-    ref = P.dequantize(P.quantize(x.detach(), scale.detach(), qmin=-8, qmax=7, axis=0),
-                       scale.detach(), axis=0)
+    ref = P.dequantize(
+        P.quantize(x.detach(), scale.detach(), qmin=-8, qmax=7, axis=0), scale.detach(), axis=0
+    )
     assert torch.equal(y.detach(), ref)
     y.sum().backward()
     v = x.detach() / scale.detach()[:, None]
@@ -66,7 +67,11 @@ def test_quantize_rows_int8_rule():
     x = np.array([[0.0, 0.0], [1.0, -0.5], [127.0, 63.5]], dtype=np.float32)
     q, s = P.quantize_rows_int8(x)
     assert s.tolist() == [1.0, pytest.approx(1 / 127), 1.0]
-    assert q.tolist() == [[0, 0], [127, -64], [127, 64]]  # -63.5 -> -64 and 63.5 -> 64 (half to even)
+    assert q.tolist() == [
+        [0, 0],
+        [127, -64],
+        [127, 64],
+    ]  # -63.5 -> -64 and 63.5 -> 64 (half to even)
 
 
 def test_matmul_int4_reference_matches_float_math():

@@ -2,7 +2,6 @@
 
 import numpy as np
 import onnx
-import pytest
 import torch
 
 from zerop_deploy.config import LayerOverride, QuantConfig
@@ -56,7 +55,8 @@ def test_plan_bits_first_last_and_overrides(cnn_bn):
 
 def test_activation_sign_follows_the_graph(cnn_bn):
     _, _, plan = _student(cnn_bn)
-    # graph input may be negative; after ReLU the depthwise conv and (via pool/flatten) Gemm are >= 0
+    # graph input may be negative; after ReLU the depthwise conv and (via pool/flatten) Gemm are >=
+    # 0
     assert [p.act_signed for p in plan] == [True, False, False]
     assert conv_bn_pairs(cnn_bn) and nonnegative_values(cnn_bn)
 
@@ -79,7 +79,7 @@ def test_calibration_and_exact_handover(cnn_bn):
     n = calibrate_activations(student, [torch.rand(8, 3, 16, 16) for _ in range(2)])
     assert n == 16
     layers = quant_layers(student)
-    assert all(l.act.scale.item() != 1.0 for l in layers.values())
+    assert all(q.act.scale.item() != 1.0 for q in layers.values())
     handover = layer_quants(student, plan, cnn_bn)
     conv = next(iter(layers.values()))
     assert isinstance(conv, QuantConv)
@@ -122,9 +122,16 @@ def _convtranspose_matmul_model():
 
     torch.manual_seed(0)
     buf = io.BytesIO()
-    torch.onnx.export(Net().eval(), (torch.rand(1, 2, 4, 4),), buf, input_names=["x"],
-                      output_names=["y"], opset_version=17, dynamo=False,
-                      dynamic_axes={"x": {0: "N"}, "y": {0: "N"}})
+    torch.onnx.export(
+        Net().eval(),
+        (torch.rand(1, 2, 4, 4),),
+        buf,
+        input_names=["x"],
+        output_names=["y"],
+        opset_version=17,
+        dynamo=False,
+        dynamic_axes={"x": {0: "N"}, "y": {0: "N"}},
+    )
     return onnx.load_from_string(buf.getvalue())
 
 

@@ -8,8 +8,18 @@ from tests.helpers import one_node_model, shared_path
 from zerop_deploy.summary import format_summary, inspect_model, quantizable_layers, summarize
 
 DESIGN_KEYS = {
-    "path", "opset", "ir_version", "inputs", "outputs", "nodes", "op_counts", "batchnorm_nodes",
-    "bn_folded", "quantizable", "parameters", "conversion",
+    "path",
+    "opset",
+    "ir_version",
+    "inputs",
+    "outputs",
+    "nodes",
+    "op_counts",
+    "batchnorm_nodes",
+    "bn_folded",
+    "quantizable",
+    "parameters",
+    "conversion",
 }
 
 
@@ -43,7 +53,9 @@ def test_matmul_with_constant_weight_is_quantizable_but_not_activation_matmul():
     w = np.ones((4, 5), np.float32)
     const = one_node_model("MatMul", {"x": (2, 4)}, (2, 5), opset=17, initializers={"w": w})
     dyn = one_node_model("MatMul", {"a": (2, 4), "b": (4, 5)}, (2, 5), opset=17)
-    assert quantizable_layers(const) == [{"node": "matmul_node", "op": "MatMul", "weight_shape": [4, 5]}]
+    assert quantizable_layers(const) == [
+        {"node": "matmul_node", "op": "MatMul", "weight_shape": [4, 5]}
+    ]
     assert quantizable_layers(dyn) == []
 
 
@@ -51,15 +63,26 @@ def test_human_table_mentions_the_essentials(tmp_path, cnn_bn):
     p = tmp_path / "m.onnx"
     onnx.save(cnn_bn, str(p))
     text = format_summary(inspect_model(p))
-    for part in ("opset / IR", "17 / ", "BatchNormalization  2", "quantizable layers  3", "ok (max"):
+    for part in (
+        "opset / IR",
+        "17 / ",
+        "BatchNormalization  2",
+        "quantizable layers  3",
+        "ok (max",
+    ):
         assert part in text
 
 
 @pytest.mark.shared
-@pytest.mark.parametrize("name, bn, folded", [
-    ("resnet20_cifar10", 19, False), ("resnet20_cifar10_folded", 0, True),
-    ("shufflenetv2_x0_5_cifar10", 56, False), ("shufflenetv2_x0_5_cifar10_folded", 0, True),
-])
+@pytest.mark.parametrize(
+    "name, bn, folded",
+    [
+        ("resnet20_cifar10", 19, False),
+        ("resnet20_cifar10_folded", 0, True),
+        ("shufflenetv2_x0_5_cifar10", 56, False),
+        ("shufflenetv2_x0_5_cifar10_folded", 0, True),
+    ],
+)
 def test_shared_models(name, bn, folded):
     path = shared_path("models", f"{name}.onnx")
     if not path.exists():

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -24,11 +24,14 @@ from zerop_deploy.config import DataConfig, QuantConfig, TrainConfig
 from zerop_deploy.errors import ConfigError, InputError, QualityGateError
 from zerop_deploy.fileio import atomic_write_text, check_output_path
 
+if TYPE_CHECKING:
+    import onnx
+
 _SUFFIX = {(4, 4): ".int4.onnx", (8, 8): ".int8.onnx", (4, 8): ".w4a8.onnx"}
 
 
 def default_output(model: str | os.PathLike[str], quant: QuantConfig) -> Path:
-    """``model.onnx`` -> ``model.int4.onnx`` / ``.int8.onnx`` / ``.w4a8.onnx`` (``.wXaY`` otherwise)."""
+    """Map ``model.onnx`` to ``model.int4.onnx``, ``.int8.onnx``, ``.w4a8.onnx`` or ``.wXaY``."""
     p = Path(model)
     suffix = _SUFFIX.get((quant.wbits, quant.abits), f".w{quant.wbits}a{quant.abits}.onnx")
     stem = p.name[: -len(".onnx")] if p.name.endswith(".onnx") else p.name
@@ -70,10 +73,14 @@ def _input_chw(proto: onnx.ModelProto, source: str) -> tuple[int, int, int]:
 
     inputs = graph_inputs(proto)
     if len(inputs) != 1:
-        raise InputError(f"{source}: the model has {len(inputs)} inputs; quantize needs one image input")
+        raise InputError(
+            f"{source}: the model has {len(inputs)} inputs; quantize needs one image input"
+        )
     shape = input_shape(inputs[0], batch=1, source=source)
     if len(shape) != 4:
-        raise InputError(f"{source}: input '{inputs[0].name}' has shape {shape}; expected N x C x H x W")
+        raise InputError(
+            f"{source}: input '{inputs[0].name}' has shape {shape}; expected N x C x H x W"
+        )
     return shape[1], shape[2], shape[3]
 
 
@@ -90,7 +97,9 @@ def _load_images(data: DataConfig, chw: tuple[int, int, int], seed: int) -> _Ima
     if data.eval is not None:
         es = load_images(data.eval)
         if es.labels is None:
-            raise InputError(f"{data.eval}: --eval needs labelled images (.npz 'labels' or class folders)")
+            raise InputError(
+                f"{data.eval}: --eval needs labelled images (.npz 'labels' or class folders)"
+            )
         ev, labels = to_model_input(es.images, chw, mean=data.mean, std=data.std), es.labels
     return _Images(train, hold, ev, labels, proxy.source, proxy.skipped)
 
@@ -168,13 +177,24 @@ def quantize(
     proto, teacher = loaded.proto, loaded.module
     chw = _input_chw(proto, str(src))
     images = _load_images(data, chw, train.seed)
-    _say(progress, f"{len(images.train)} proxy images for training, {len(images.holdout)} held back"
-         + (f", {len(images.eval)} for evaluation" if images.eval is not None else ""))
+    _say(
+        progress,
+        f"{len(images.train)} proxy images for training, {len(images.holdout)} held back"
+        + (f", {len(images.eval)} for evaluation" if images.eval is not None else ""),
+    )
     t_start = time.monotonic()
-    student, plan, result = _fine_tune(teacher, proto, images, quant, train, device,
-                                       checkpoint=out.with_name(out.name + ".ckpt"),
-                                       fingerprint=_fingerprint(src, quant, train, data),
-                                       resume=resume, progress=progress)
+    student, plan, result = _fine_tune(
+        teacher,
+        proto,
+        images,
+        quant,
+        train,
+        device,
+        checkpoint=out.with_name(out.name + ".ckpt"),
+        fingerprint=_fingerprint(src, quant, train, data),
+        resume=resume,
+        progress=progress,
+    )
     from zerop_deploy.export import export_qdq, save_qdq
     from zerop_deploy.quant.qat import distributed_context
     from zerop_deploy.quant.student import layer_quants
@@ -187,7 +207,9 @@ def quantize(
     qproto = export_qdq(proto, layer_quants(student, plan, proto), int32_bias=True)
     save_qdq(qproto, out)
     _say(progress, "validating the exported model in onnxruntime")
-    doc = _report(src, out, quant, train, data, images, plan, result, device, time.monotonic() - t_start)
+    doc = _report(
+        src, out, quant, train, data, images, plan, result, device, time.monotonic() - t_start
+    )
     doc["training"]["processes"] = world
     doc.update(_validation(proto, qproto, student, images))
     atomic_write_text(rep, json.dumps(doc, indent=2) + "\n")
@@ -205,8 +227,9 @@ def quantize(
     return doc
 
 
-def _fine_tune(teacher, proto, images, quant, train, device, *, checkpoint, fingerprint, resume,
-               progress):
+def _fine_tune(
+    teacher, proto, images, quant, train, device, *, checkpoint, fingerprint, resume, progress
+):
     from zerop_deploy.data import batch_fn
     from zerop_deploy.quant.calibrate import calibrate_activations, init_weight_scales
     from zerop_deploy.quant.qat import train as run_training
@@ -219,9 +242,20 @@ def _fine_tune(teacher, proto, images, quant, train, device, *, checkpoint, fing
     init_weight_scales(student)
     calib = images.train[: train.calib_images]
     calibrate_activations(student, [calib[i : i + 64] for i in range(0, len(calib), 64)])
-    batches = batch_fn(images.train, train.batch_size, seed=train.seed, augment_images=train.augment)
-    result = run_training(teacher, student, batches, train, device=device, checkpoint=checkpoint,
-                          fingerprint=fingerprint, resume=resume, progress=progress)
+    batches = batch_fn(
+        images.train, train.batch_size, seed=train.seed, augment_images=train.augment
+    )
+    result = run_training(
+        teacher,
+        student,
+        batches,
+        train,
+        device=device,
+        checkpoint=checkpoint,
+        fingerprint=fingerprint,
+        resume=resume,
+        progress=progress,
+    )
     return student.cpu().eval(), plan, result
 
 
@@ -229,21 +263,42 @@ def _report(src, out, quant, train, data, images, plan, result, device, wall) ->
     return {
         "input": str(src),
         "output": str(out),
-        "bits": {"weights": quant.wbits, "activations": quant.abits,
-                 "first_last": quant.first_last_bits},
+        "bits": {
+            "weights": quant.wbits,
+            "activations": quant.abits,
+            "first_last": quant.first_last_bits,
+        },
         "device": str(device),
         "seed": train.seed,
-        "proxy": {"method": "path", "chosen": images.proxy_source, "ranking": [],
-                  "images": len(images.train), "holdout": len(images.holdout),
-                  "skipped_files": images.skipped},
+        "proxy": {
+            "method": "path",
+            "chosen": images.proxy_source,
+            "ranking": [],
+            "images": len(images.train),
+            "holdout": len(images.holdout),
+            "skipped_files": images.skipped,
+        },
         "synthetic": {"images": 0, "sd_ratio": 0.0},
-        "training": {"steps": result.steps, "wall_seconds": round(result.wall_seconds, 2),
-                     "images_per_second": round(result.images_per_second, 1),
-                     "final_loss": result.final_loss, "resumed_from_step": result.resumed_from,
-                     "total_seconds": round(wall, 2)},
-        "layers": [{"node": p.node, "op": p.op, "wbits": p.wbits, "abits": p.abits,
-                    "activation_signed": p.act_signed, "folded_bn": p.folded_bn,
-                    **({"skipped": p.skipped} if p.skipped else {})} for p in plan],
+        "training": {
+            "steps": result.steps,
+            "wall_seconds": round(result.wall_seconds, 2),
+            "images_per_second": round(result.images_per_second, 1),
+            "final_loss": result.final_loss,
+            "resumed_from_step": result.resumed_from,
+            "total_seconds": round(wall, 2),
+        },
+        "layers": [
+            {
+                "node": p.node,
+                "op": p.op,
+                "wbits": p.wbits,
+                "abits": p.abits,
+                "activation_signed": p.act_signed,
+                "folded_bn": p.folded_bn,
+                **({"skipped": p.skipped} if p.skipped else {}),
+            }
+            for p in plan
+        ],
         "config": {"quant": quant.to_dict(), "train": train.to_dict(), "data": data.to_dict()},
         "versions": _versions(),
     }
@@ -260,15 +315,19 @@ def _validation(proto, qproto, student, images: _Images) -> dict[str, Any]:
         student_logits = torch.cat([student(x[i : i + 256]) for i in range(0, len(x), 256)]).numpy()
     q = run_logits(qproto, xs)
     ref = run_logits(proto, xs)
-    doc: dict[str, Any] = {"validation": {
-        "images": len(xs),
-        "source": "eval" if images.eval is not None else "proxy holdout",
-        "ort_vs_student_top1_agreement": top1_agreement(q, student_logits),
-        "fp32_vs_quant_top1_agreement": top1_agreement(q, ref),
-        "max_abs_logit_diff": float(np.abs(q - ref).max()),
-    }}
+    doc: dict[str, Any] = {
+        "validation": {
+            "images": len(xs),
+            "source": "eval" if images.eval is not None else "proxy holdout",
+            "ort_vs_student_top1_agreement": top1_agreement(q, student_logits),
+            "fp32_vs_quant_top1_agreement": top1_agreement(q, ref),
+            "max_abs_logit_diff": float(np.abs(q - ref).max()),
+        }
+    }
     if images.eval_labels is not None:
         labels = images.eval_labels
-        doc["accuracy"] = {"fp32": float((ref.argmax(1) == labels).mean()),
-                           "quantized": float((q.argmax(1) == labels).mean())}
+        doc["accuracy"] = {
+            "fp32": float((ref.argmax(1) == labels).mean()),
+            "quantized": float((q.argmax(1) == labels).mean()),
+        }
     return doc

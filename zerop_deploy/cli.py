@@ -1,6 +1,7 @@
 """The ``zerop-deploy`` command line: thin click wrappers over the package's functions.
 
-Exit codes (DESIGN.md): 0 success; 1 a quality gate failed; 2 bad input or usage, reported as one line
+Exit codes (DESIGN.md): 0 success; 1 a quality gate failed; 2 bad input or usage, reported as one
+line
 on stderr without a traceback. ``--json`` prints one JSON document on stdout and nothing else there.
 """
 
@@ -100,68 +101,151 @@ def _floats(value: str | None, option: str) -> tuple[float, ...] | None:
     try:
         return tuple(float(v) for v in value.split(","))
     except ValueError:
-        raise click.BadParameter(f"expected comma-separated numbers, got '{value}'", param_hint=option)
+        raise click.BadParameter(
+            f"expected comma-separated numbers, got '{value}'", param_hint=option
+        ) from None
 
 
 @main.command("quantize")
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
-              help="Output .onnx (default: MODEL with .int4.onnx / .int8.onnx / .w4a8.onnx).")
-@click.option("--bits", type=click.Choice(["4", "8"]), default="4", show_default=True,
-              help="Weight and activation bits (first/last layer: --first-last-bits).")
-@click.option("--wbits", type=click.Choice(["4", "8"]), default=None, help="Weight bits (overrides --bits).")
-@click.option("--abits", type=click.Choice(["4", "8"]), default=None,
-              help="Activation bits (overrides --bits).")
-@click.option("--first-last-bits", type=click.Choice(["4", "8"]), default="8", show_default=True,
-              help="Bits of the first and last quantized layer.")
-@click.option("--layer-config", type=click.Path(path_type=Path), default=None,
-              help='JSON per-layer overrides: {"layers": {NODE: {"wbits": 8, "abits": 8, "skip": false}}}.')
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Output .onnx (default: MODEL with .int4.onnx / .int8.onnx / .w4a8.onnx).",
+)
+@click.option(
+    "--bits",
+    type=click.Choice(["4", "8"]),
+    default="4",
+    show_default=True,
+    help="Weight and activation bits (first/last layer: --first-last-bits).",
+)
+@click.option(
+    "--wbits", type=click.Choice(["4", "8"]), default=None, help="Weight bits (overrides --bits)."
+)
+@click.option(
+    "--abits",
+    type=click.Choice(["4", "8"]),
+    default=None,
+    help="Activation bits (overrides --bits).",
+)
+@click.option(
+    "--first-last-bits",
+    type=click.Choice(["4", "8"]),
+    default="8",
+    show_default=True,
+    help="Bits of the first and last quantized layer.",
+)
+@click.option(
+    "--layer-config",
+    type=click.Path(path_type=Path),
+    default=None,
+    help='JSON per-layer overrides: {"layers": {NODE: {"wbits": 8, "abits": 8, "skip": false}}}.',
+)
 @click.option("--proxy", type=str, default=None, help="Proxy images: a folder, a .npz or a .npy.")
 @click.option("--steps", type=int, default=None, help="Fine-tuning steps (default 2000).")
 @click.option("--time-budget", type=float, default=None, help="Fine-tuning budget in minutes.")
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Images per step.")
 @click.option("--lr", type=float, default=1e-4, show_default=True, help="Learning rate.")
-@click.option("--eval", "eval_path", type=str, default=None,
-              help="Labelled images: report fp32 and quantized accuracy (onnxruntime).")
-@click.option("--mean", type=str, default=None, help="Per-channel mean to subtract, e.g. 0.485,0.456,0.406.")
+@click.option(
+    "--eval",
+    "eval_path",
+    type=str,
+    default=None,
+    help="Labelled images: report fp32 and quantized accuracy (onnxruntime).",
+)
+@click.option(
+    "--mean", type=str, default=None, help="Per-channel mean to subtract, e.g. 0.485,0.456,0.406."
+)
 @click.option("--std", type=str, default=None, help="Per-channel std to divide by.")
-@click.option("--report", type=click.Path(path_type=Path), default=None,
-              help="Report JSON (default: next to the output, .report.json).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option(
+    "--report",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Report JSON (default: next to the output, .report.json).",
+)
+@click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint of a killed run.")
-@click.option("--checkpoint-every", type=float, default=2.0, show_default=True,
-              help="Minutes between checkpoints (0: after every step).")
-@click.option("--min-agreement", type=float, default=None,
-              help="Exit 1 when top-1 agreement with the fp32 model is below this fraction.")
+@click.option(
+    "--checkpoint-every",
+    type=float,
+    default=2.0,
+    show_default=True,
+    help="Minutes between checkpoints (0: after every step).",
+)
+@click.option(
+    "--min-agreement",
+    type=float,
+    default=None,
+    help="Exit 1 when top-1 agreement with the fp32 model is below this fraction.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report on stdout.")
-def quantize_cmd(model: Path, output: Path | None, bits: str, wbits: str | None, abits: str | None,
-                 first_last_bits: str, layer_config: Path | None, proxy: str | None,
-                 steps: int | None, time_budget: float | None, batch_size: int, lr: float,
-                 eval_path: str | None, mean: str | None, std: str | None, report: Path | None,
-                 device: str, seed: int, resume: bool, checkpoint_every: float,
-                 min_agreement: float | None, quiet: bool, as_json: bool) -> None:
+def quantize_cmd(
+    model: Path,
+    output: Path | None,
+    bits: str,
+    wbits: str | None,
+    abits: str | None,
+    first_last_bits: str,
+    layer_config: Path | None,
+    proxy: str | None,
+    steps: int | None,
+    time_budget: float | None,
+    batch_size: int,
+    lr: float,
+    eval_path: str | None,
+    mean: str | None,
+    std: str | None,
+    report: Path | None,
+    device: str,
+    seed: int,
+    resume: bool,
+    checkpoint_every: float,
+    min_agreement: float | None,
+    quiet: bool,
+    as_json: bool,
+) -> None:
     """Quantize MODEL, fine-tune it by distillation on proxy images, export a QDQ ONNX model."""
     from zerop_deploy.api import quantize
     from zerop_deploy.config import DataConfig, QuantConfig, TrainConfig, load_overrides
 
     quant = QuantConfig(
-        wbits=int(wbits or bits), abits=int(abits or bits), first_last_bits=int(first_last_bits),
+        wbits=int(wbits or bits),
+        abits=int(abits or bits),
+        first_last_bits=int(first_last_bits),
         overrides=load_overrides(layer_config) if layer_config else {},
     )
     default_steps = 2000 if time_budget is None else 10_000_000
     train = TrainConfig(
         steps=default_steps if steps is None else steps,
         time_budget_s=None if time_budget is None else time_budget * 60,
-        batch_size=batch_size, lr=lr, seed=seed, device=device,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        device=device,
         checkpoint_every_s=checkpoint_every * 60,
     )
-    data = DataConfig(proxy=proxy, eval=eval_path, mean=_floats(mean, "--mean"),
-                      std=_floats(std, "--std"))
+    data = DataConfig(
+        proxy=proxy, eval=eval_path, mean=_floats(mean, "--mean"), std=_floats(std, "--std")
+    )
     try:
-        doc = quantize(model, output=output, quant=quant, train=train, data=data, report=report,
-                       resume=resume, min_agreement=min_agreement, progress=not quiet)
+        doc = quantize(
+            model,
+            output=output,
+            quant=quant,
+            train=train,
+            data=data,
+            report=report,
+            resume=resume,
+            min_agreement=min_agreement,
+            progress=not quiet,
+        )
     except KeyboardInterrupt:
         _fail("interrupted; the last checkpoint is kept: rerun the same command with --resume", 130)
     except QualityGateError as e:
@@ -183,27 +267,50 @@ def _summary(doc: dict[str, Any] | None, as_json: bool) -> None:
         f"(first/last {doc['bits']['first_last']}), {len(doc['layers'])} layers, "
         f"{t['steps']} steps in {t['wall_seconds']:.0f} s ({t['images_per_second']:.0f} img/s)",
         f"onnxruntime vs fp32 top-1 agreement {100 * v['fp32_vs_quant_top1_agreement']:.2f} % "
-        f"on {v['images']} {v['source']} images; vs student {100 * v['ort_vs_student_top1_agreement']:.2f} %",
+        f"on {v['images']} {v['source']} images; "
+        f"vs student {100 * v['ort_vs_student_top1_agreement']:.2f} %",
     ]
     if "accuracy" in doc:
         a = doc["accuracy"]
-        lines.append(f"accuracy fp32 {100 * a['fp32']:.2f} % -> quantized {100 * a['quantized']:.2f} %")
+        lines.append(
+            f"accuracy fp32 {100 * a['fp32']:.2f} % -> quantized {100 * a['quantized']:.2f} %"
+        )
     click.echo("\n".join(lines))
 
 
 @main.command("validate")
 @click.argument("qmodel", type=click.Path(path_type=Path))
-@click.option("--reference", type=click.Path(path_type=Path), required=True,
-              help="The fp32 model QMODEL was made from.")
-@click.option("--data", "data_path", type=str, required=True,
-              help="Images to compare on (folder, .npz, .npy); labels give accuracy.")
+@click.option(
+    "--reference",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="The fp32 model QMODEL was made from.",
+)
+@click.option(
+    "--data",
+    "data_path",
+    type=str,
+    required=True,
+    help="Images to compare on (folder, .npz, .npy); labels give accuracy.",
+)
 @click.option("--mean", type=str, default=None, help="Per-channel mean to subtract.")
 @click.option("--std", type=str, default=None, help="Per-channel std to divide by.")
-@click.option("--min-agreement", type=float, default=None,
-              help="Exit 1 when top-1 agreement is below this fraction.")
+@click.option(
+    "--min-agreement",
+    type=float,
+    default=None,
+    help="Exit 1 when top-1 agreement is below this fraction.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
-def validate_cmd(qmodel: Path, reference: Path, data_path: str, mean: str | None, std: str | None,
-                 min_agreement: float | None, as_json: bool) -> None:
+def validate_cmd(
+    qmodel: Path,
+    reference: Path,
+    data_path: str,
+    mean: str | None,
+    std: str | None,
+    min_agreement: float | None,
+    as_json: bool,
+) -> None:
     """Check QMODEL against its fp32 REFERENCE in onnxruntime (agreement, logits, accuracy)."""
     from zerop_deploy.api import _input_chw
     from zerop_deploy.data import load_images, to_model_input
@@ -214,8 +321,9 @@ def validate_cmd(qmodel: Path, reference: Path, data_path: str, mean: str | None
     images = load_images(data_path)
     x = to_model_input(images.images, chw, mean=_floats(mean, "--mean"), std=_floats(std, "--std"))
     try:
-        doc = validate(qmodel, reference, images=x.numpy(), labels=images.labels,
-                       min_agreement=min_agreement)
+        doc = validate(
+            qmodel, reference, images=x.numpy(), labels=images.labels, min_agreement=min_agreement
+        )
     except QualityGateError as e:
         doc = getattr(e, "doc", None)
         if doc is not None:
@@ -226,14 +334,29 @@ def validate_cmd(qmodel: Path, reference: Path, data_path: str, mean: str | None
 
 @main.command("bench")
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("--qdq", type=click.Path(path_type=Path), default=None,
-              help="The exported QDQ model of MODEL, timed end to end beside it.")
-@click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="Threads for onnxruntime and the int4 kernels (default: all cores).")
-@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Batch size for a dynamic batch dimension.")
+@click.option(
+    "--qdq",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="The exported QDQ model of MODEL, timed end to end beside it.",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Threads for onnxruntime and the int4 kernels (default: all cores).",
+)
+@click.option(
+    "--batch",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Batch size for a dynamic batch dimension.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
-def bench_cmd(model: Path, qdq: Path | None, threads: int | None, batch: int, as_json: bool) -> None:
+def bench_cmd(
+    model: Path, qdq: Path | None, threads: int | None, batch: int, as_json: bool
+) -> None:
     """Time MODEL in onnxruntime (fp32, QDQ, MatMulNBits) and on the native int4 kernels."""
     from zerop_deploy.bench import bench, format_bench
 

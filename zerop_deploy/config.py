@@ -90,13 +90,19 @@ def load_overrides(path: str | Path) -> dict[str, LayerOverride]:
         raise ConfigError(f"{p}: cannot read the layer config ({e.strerror})") from e
     except json.JSONDecodeError as e:
         raise ConfigError(f"{p}: not valid JSON ({e.msg} at line {e.lineno})") from e
-    if not isinstance(doc, dict) or set(doc) - {"layers"} or not isinstance(doc.get("layers"), dict):
-        raise ConfigError(f"{p}: expected {{\"layers\": {{NODE: {{\"wbits\", \"abits\", \"skip\"}}}}}}")
+    if (
+        not isinstance(doc, dict)
+        or set(doc) - {"layers"}
+        or not isinstance(doc.get("layers"), dict)
+    ):
+        raise ConfigError(f'{p}: expected {{"layers": {{NODE: {{"wbits", "abits", "skip"}}}}}}')
     out = {}
     for node, spec in doc["layers"].items():
         unknown = set(spec) - {"wbits", "abits", "skip"} if isinstance(spec, dict) else {"?"}
         if unknown:
-            raise ConfigError(f"{p}: layer '{node}': unknown keys {sorted(unknown)}; use wbits, abits, skip")
+            raise ConfigError(
+                f"{p}: layer '{node}': unknown keys {sorted(unknown)}; use wbits, abits, skip"
+            )
         out[node] = LayerOverride(**spec)
     return out
 
@@ -106,7 +112,8 @@ class TrainConfig:
     """How to fine-tune the quantized student.
 
     Attributes:
-        steps: Number of optimisation steps (ignored when ``time_budget_s`` is set and reached first).
+        steps: Number of optimisation steps (ignored when ``time_budget_s`` is set and reached
+            first).
         time_budget_s: Wall-clock budget of fine-tuning in seconds, or None.
         batch_size: Images per step.
         lr: Learning rate of weights; step sizes use ``lr * scale_lr_factor``.
@@ -135,7 +142,9 @@ class TrainConfig:
         if not 1 <= self.steps <= 10_000_000:
             raise ConfigError(f"--steps {self.steps}: must be between 1 and 10,000,000")
         if self.time_budget_s is not None and not 0 < self.time_budget_s <= 30 * 86400:
-            raise ConfigError(f"--time-budget {self.time_budget_s / 60:g}: must be > 0 and <= 30 days")
+            raise ConfigError(
+                f"--time-budget {self.time_budget_s / 60:g}: must be > 0 and <= 30 days"
+            )
         if not 1 <= self.batch_size <= 65536:
             raise ConfigError(f"batch size {self.batch_size}: must be between 1 and 65536")
         if not 0 < self.lr < 1:
@@ -161,7 +170,8 @@ class DataConfig:
     Attributes:
         proxy: Proxy image source (folder, .npz or .npy).
         eval: Labelled images for the accuracy of fp32 and quantized models, or None.
-        mean: Per-channel mean (0..1 units) to subtract, for graphs that do not normalise their input.
+        mean: Per-channel mean (0..1 units) to subtract, for graphs that do not normalise their
+            input.
         std: Per-channel std to divide by.
         holdout: Fraction of the proxy images kept out of training for validation (at most 1,000).
     """

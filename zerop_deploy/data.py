@@ -1,7 +1,8 @@
 """Image sources: ``.npz`` / ``.npy`` arrays and image folders, preprocessed to the model's input.
 
 Images become float32 NCHW tensors in [0, 1] at the model's input size and channel count (bilinear,
-antialiased resizing of the shorter side then a center crop; gray <-> RGB by replication or luminance).
+antialiased resizing of the shorter side then a center crop; gray <-> RGB by replication or
+luminance).
 Models whose graph does not normalise its own input take ``mean``/``std`` (in [0, 1] units).
 """
 
@@ -45,7 +46,9 @@ def load_images(path: str | os.PathLike[str], *, limit: int | None = None) -> Im
         try:
             with np.load(p, allow_pickle=False) as z:
                 if "images" not in z.files:
-                    raise InputError(f"{p}: .npz has no 'images' array (keys: {', '.join(z.files)})")
+                    raise InputError(
+                        f"{p}: .npz has no 'images' array (keys: {', '.join(z.files)})"
+                    )
                 images = z["images"]
                 labels = z["labels"] if "labels" in z.files else None
         except (OSError, ValueError) as e:
@@ -98,8 +101,10 @@ def _load_folder(p: Path, limit: int | None) -> ImageSet:
     if not images:
         raise InputError(f"{p}: no readable image (jpg, png, bmp, webp) in this folder")
     return ImageSet(
-        images=np.stack(images), labels=np.asarray(labels) if classes else None,
-        source=str(p), skipped=skipped,
+        images=np.stack(images),
+        labels=np.asarray(labels) if classes else None,
+        source=str(p),
+        skipped=skipped,
     )
 
 
@@ -110,7 +115,7 @@ def to_model_input(
     mean: tuple[float, ...] | None = None,
     std: tuple[float, ...] | None = None,
 ) -> torch.Tensor:
-    """uint8 NHWC images -> float32 NCHW at ``shape = (C, H, W)``, values in [0, 1] (or normalised)."""
+    """Turn uint8 NHWC images into float32 NCHW of ``shape = (C, H, W)``, values in [0, 1]."""
     c, h, w = shape
     x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
     if x.shape[1] == 4:
@@ -140,7 +145,9 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     padded = F.pad(x, (pw, pw, ph, ph), mode="reflect")
     dy = torch.randint(0, 2 * ph + 1, (n,), generator=gen)
     dx = torch.randint(0, 2 * pw + 1, (n,), generator=gen)
-    rows = (dy[:, None] + torch.arange(h)[None, :])[:, None, :, None].expand(n, x.shape[1], h, w + 2 * pw)
+    rows = (dy[:, None] + torch.arange(h)[None, :])[:, None, :, None].expand(
+        n, x.shape[1], h, w + 2 * pw
+    )
     out = padded.gather(2, rows)
     cols = (dx[:, None] + torch.arange(w)[None, :])[:, None, None, :].expand(n, x.shape[1], h, w)
     out = out.gather(3, cols)
@@ -158,7 +165,7 @@ def batch_fn(
     synthetic: torch.Tensor | None = None,
     sd_ratio: float = 0.0,
 ):
-    """A deterministic ``batch(step) -> tensor`` over ``images`` (and ``synthetic``, mixed by ratio).
+    """Make a deterministic ``batch(step) -> tensor`` over ``images`` (and ``synthetic``).
 
     The batch of step ``s`` depends only on ``(seed, s)``, so resumed runs see the same data.
     """

@@ -1,7 +1,9 @@
 """The embedded default: a small real CNN with BatchNorm that the package builds itself.
 
-``zerop-deploy demo`` needs no user data. For now it builds the demo network, exports it to ONNX the two
-ways users do (BatchNorm kept, and BatchNorm folded by the default constant folding) and inspects both;
+``zerop-deploy demo`` needs no user data. For now it builds the demo network, exports it to ONNX
+the two
+ways users do (BatchNorm kept, and BatchNorm folded by the default constant folding) and inspects
+both;
 the quantization stages will extend it to a full int4 run.
 """
 
@@ -43,11 +45,17 @@ def build_demo_network(seed: int = 0):  # -> torch.nn.Module
 
     torch.manual_seed(seed)
     net = nn.Sequential(
-        nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(3, 16, 3, padding=1, bias=False),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
         Block(16),
-        nn.Conv2d(16, 32, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.Conv2d(16, 32, 3, stride=2, padding=1, bias=False),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
         Block(32),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(32, 10),
     )
     with torch.no_grad():
         for m in net.modules():
@@ -60,21 +68,30 @@ def build_demo_network(seed: int = 0):  # -> torch.nn.Module
 def export_onnx(net, path: str | os.PathLike[str], *, keep_bn: bool, opset: int = 17) -> Path:
     """Export ``net`` with the TorchScript exporter, BatchNorm kept or folded, dynamic batch.
 
-    Keeping BatchNorm (``training=TrainingMode.PRESERVE, do_constant_folding=False``) preserves the BN
+    Keeping BatchNorm (``training=TrainingMode.PRESERVE, do_constant_folding=False``) preserves the
+    BN
     statistics that proxy-data selection and synthesis need; the default export folds them away.
     """
     import torch
 
     kwargs = (
-        {"training": torch.onnx.TrainingMode.PRESERVE, "do_constant_folding": False} if keep_bn else {}
+        {"training": torch.onnx.TrainingMode.PRESERVE, "do_constant_folding": False}
+        if keep_bn
+        else {}
     )
     buf = io.BytesIO()
     with warnings.catch_warnings():  # the TorchScript exporter announces its deprecation
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
-            net, (torch.rand(*DEMO_INPUT_SHAPE),), buf, input_names=["input"],
-            output_names=["logits"], dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},
-            opset_version=opset, dynamo=False, **kwargs,
+            net,
+            (torch.rand(*DEMO_INPUT_SHAPE),),
+            buf,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},
+            opset_version=opset,
+            dynamo=False,
+            **kwargs,
         )
     return atomic_write_bytes(path, buf.getvalue())
 

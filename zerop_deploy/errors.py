@@ -1,7 +1,9 @@
 """One exception hierarchy for the whole tool; the CLI maps it to exit codes.
 
-Every message is one line that names the culprit (file, node, op, opset or option) and says what to do.
-``ZeropError`` subclasses that describe bad input or an unsupported model map to exit code 2; a failed
+Every message is one line that names the culprit (file, node, op, opset or option) and says what to
+do.
+``ZeropError`` subclasses that describe bad input or an unsupported model map to exit code 2; a
+failed
 quality gate (``QualityGateError``) maps to exit code 1. Anything else escaping the CLI is a bug.
 """
 
@@ -14,12 +16,13 @@ class ZeropError(Exception):
     exit_code = 2
 
     def __init__(self, message: str) -> None:
-        # One line, always: multi-line text from libraries is folded so the CLI prints a single line.
+        # One line, always: multi-line text from libraries is folded so the CLI prints a single
+        # line.
         super().__init__(" ".join(str(message).split()))
 
 
 class InputError(ZeropError):
-    """A file, folder or value given by the user cannot be used (missing, corrupt, unsafe, empty)."""
+    """A file, folder or value given by the user cannot be used (missing, corrupt, unsafe)."""
 
 
 class ConfigError(InputError):

@@ -1,4 +1,4 @@
-"""Writing outputs safely: atomically (temp file + rename), never over an input, with clear errors."""
+"""Writing outputs safely: atomically (temp file + rename), never over an input."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ from pathlib import Path
 from zerop_deploy.errors import InputError
 
 
-def check_output_path(out: str | os.PathLike[str], inputs: Iterable[str | os.PathLike[str]] = ()) -> Path:
+def check_output_path(
+    out: str | os.PathLike[str], inputs: Iterable[str | os.PathLike[str]] = ()
+) -> Path:
     """Check that ``out`` can be written and is none of ``inputs``.
 
     Raises:
@@ -52,7 +54,9 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     except OSError as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        raise InputError(f"{p}: cannot be written ({e.strerror}); check free space and permissions") from e
+        raise InputError(
+            f"{p}: cannot be written ({e.strerror}); check free space and permissions"
+        ) from e
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

@@ -1,13 +1,13 @@
-"""Read a user's ONNX model safely, convert it to PyTorch and check that both compute the same thing.
+"""Read a user's ONNX model safely, convert it to PyTorch, check that both compute the same.
 
 The front end of the pipeline::
 
-    path --read_model--> ModelProto (checked, external data loaded from inside the model's folder only)
-         --convert_model--> torch.fx.GraphModule (onnx2torch + the converters in zerop_deploy.convert)
-         --check_parity--> max |torch - onnxruntime| on a random batch of the graph's input shape
+    path --read_model--> ModelProto (checked; external data only from the model's folder)
+         --convert_model--> torch.fx.GraphModule (onnx2torch + zerop_deploy.convert)
+         --check_parity--> max |torch - onnxruntime| on a random batch of the input's shape
 
-Every failure is a :class:`~zerop_deploy.errors.ZeropError` with one line naming the file, node, op or
-opset and what to do; nothing here writes a file.
+Every failure is a :class:`~zerop_deploy.errors.ZeropError` with one line naming the file, node,
+op or opset and what to do; nothing here writes a file.
 """
 
 from __future__ import annotations
@@ -94,7 +94,8 @@ def read_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
         proto = onnx.load_model_from_string(data)
     except (DecodeError, ValueError, RuntimeError) as e:
         raise InputError(
-            f"{p}: not a valid ONNX protobuf (truncated or not an ONNX file: {e}); re-export the model"
+            f"{p}: not a valid ONNX protobuf (truncated or not an ONNX file: {e}); "
+            "re-export the model"
         ) from e
     _check_structure(proto, p)
     _load_external_data(proto, p)
@@ -114,9 +115,13 @@ def _check_structure(proto: onnx.ModelProto, p: Path) -> None:
     if not proto.HasField("graph") or (not proto.graph.node and not proto.graph.output):
         raise InputError(f"{p}: holds no ONNX graph (not an ONNX model?); re-export the model")
     if proto.ir_version < 3:
-        raise InputError(f"{p}: ONNX IR version {proto.ir_version} is too old; re-export with opset >= 11")
+        raise InputError(
+            f"{p}: ONNX IR version {proto.ir_version} is too old; re-export with opset >= 11"
+        )
     if not graph_inputs(proto):
-        raise InputError(f"{p}: the graph has no inputs; a model to quantize must take an image tensor")
+        raise InputError(
+            f"{p}: the graph has no inputs; a model to quantize must take an image tensor"
+        )
 
 
 def _all_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
@@ -147,12 +152,14 @@ def _load_external_data(proto: onnx.ModelProto, p: Path) -> None:
         target = (base / loc).resolve()
         if base != target and base not in target.parents:
             raise InputError(
-                f"{p}: tensor '{t.name}' points to external data '{loc}' outside the model's folder; "
+                f"{p}: tensor '{t.name}' points to external data '{loc}' outside the model's "
+                "folder; "
                 "refused (path traversal); keep external data files next to the model"
             )
         if not target.is_file():
             raise InputError(
-                f"{p}: external data file '{loc}' of tensor '{t.name}' is missing; copy it next to the model"
+                f"{p}: external data file '{loc}' of tensor '{t.name}' is missing; "
+                "copy it next to the model"
             )
         offset = int(info.offset or 0)
         need = offset + int(info.length) if info.length else offset + 1
@@ -175,7 +182,7 @@ def graph_inputs(proto: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
 
 
 def ensure_node_names(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """Give every unnamed node a unique ``<OpType>_<index>`` name, in a copy; named nodes keep theirs.
+    """Name every unnamed node ``<OpType>_<index>`` (in a copy); named nodes keep their names.
 
     Later stages identify layers by node name (onnx2torch names modules after nodes, the exporter
     finds the nodes to rewrite by name), so a node without a name could not be mapped back.
@@ -238,7 +245,8 @@ def convert_model(proto: onnx.ModelProto, *, source: str = "model") -> torch.fx.
         The converted module.
 
     Raises:
-        UnsupportedModelError: Naming the first node whose op/opset has no converter or fails to convert.
+        UnsupportedModelError: Naming the first node whose op/opset has no converter or fails to
+            convert.
     """
     from zerop_deploy.convert.prepare import prepare_for_onnx2torch  # also registers converters
 
@@ -303,11 +311,14 @@ def input_shape(
     """Concrete shape of a graph input: a dynamic leading (batch) dimension becomes ``batch``.
 
     Raises:
-        UnsupportedModelError: If the input has no shape, a dynamic non-batch dimension or a zero dim.
+        UnsupportedModelError: If the input has no shape, a dynamic non-batch dimension or a zero
+            dim.
     """
     ttype = value.type.tensor_type
     if not ttype.HasField("shape"):
-        raise UnsupportedModelError(f"{source}: input '{value.name}' has no shape; re-export with shapes")
+        raise UnsupportedModelError(
+            f"{source}: input '{value.name}' has no shape; re-export with shapes"
+        )
     shape = []
     for i, d in enumerate(ttype.shape.dim):
         if d.HasField("dim_value") and d.dim_value > 0:
@@ -316,7 +327,8 @@ def input_shape(
             shape.append(batch)
         elif d.HasField("dim_value"):
             raise UnsupportedModelError(
-                f"{source}: input '{value.name}' has a zero-sized dimension {i}; re-export with the "
+                f"{source}: input '{value.name}' has a zero-sized dimension {i}; "
+                "re-export with the "
                 "real input shape"
             )
         else:
@@ -346,7 +358,10 @@ def random_inputs(
 
 
 def run_onnxruntime(
-    model: onnx.ModelProto | str | os.PathLike[str], feeds: dict[str, np.ndarray], *, source: str = "model"
+    model: onnx.ModelProto | str | os.PathLike[str],
+    feeds: dict[str, np.ndarray],
+    *,
+    source: str = "model",
 ) -> list[np.ndarray]:
     """Run a model (proto or path) on onnxruntime's CPU provider and return all outputs."""
     import onnxruntime as ort
@@ -401,7 +416,7 @@ def check_parity(
             f"{source}: the converted module returns {len(got)} outputs, onnxruntime {len(ref)}"
         )
     diff, scale = 0.0, 0.0
-    for r, g in zip(ref, got):
+    for r, g in zip(ref, got, strict=True):
         if r.shape != g.shape:
             raise ValidationError(
                 f"{source}: output shapes differ: onnxruntime {r.shape}, PyTorch {g.shape}"
@@ -428,7 +443,8 @@ def load_model(path: str | os.PathLike[str], *, parity: bool = True, seed: int =
     Returns:
         The loaded model. Its ``proto`` is the graph the later stages work on and export: the file's
         graph with constant-computed weights turned into initializers and unnamed nodes named
-        (see :func:`~zerop_deploy.convert.prepare.prepare_for_onnx2torch`, :func:`ensure_node_names`).
+        (see :func:`~zerop_deploy.convert.prepare.prepare_for_onnx2torch`,
+        :func:`ensure_node_names`).
 
     Raises:
         InputError: The file cannot be used.

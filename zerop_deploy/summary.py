@@ -1,7 +1,9 @@
 """What ``zerop-deploy inspect`` reports about a model: a pure description of the ONNX graph.
 
-:func:`summarize` builds the JSON document of DESIGN.md ("inspect --json"); :func:`format_summary` renders
-it as the human table. Nothing here converts or runs the model except :func:`inspect_model`, which adds
+:func:`summarize` builds the JSON document of DESIGN.md ("inspect --json"); :func:`format_summary`
+renders
+it as the human table. Nothing here converts or runs the model except :func:`inspect_model`, which
+adds
 the result of the PyTorch conversion and its onnxruntime parity check.
 """
 
@@ -16,7 +18,13 @@ import numpy as np
 import onnx
 
 from zerop_deploy.errors import ZeropError
-from zerop_deploy.load import PARITY_TOLERANCE, check_parity, convert_model, graph_inputs, read_model
+from zerop_deploy.load import (
+    PARITY_TOLERANCE,
+    check_parity,
+    convert_model,
+    graph_inputs,
+    read_model,
+)
 
 QUANTIZABLE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 """Ops whose constant weight the quantizer replaces by integers."""
@@ -57,7 +65,11 @@ def quantizable_layers(proto: onnx.ModelProto) -> list[dict[str, Any]]:
         if node.op_type in QUANTIZABLE_OPS and len(node.input) > 1 and node.input[1] in consts:
             weight = consts[node.input[1]]
             layers.append(
-                {"node": node.name, "op": node.op_type, "weight_shape": [int(d) for d in weight.dims]}
+                {
+                    "node": node.name,
+                    "op": node.op_type,
+                    "weight_shape": [int(d) for d in weight.dims],
+                }
             )
     return layers
 
@@ -152,7 +164,10 @@ def format_summary(doc: dict[str, Any]) -> str:
         ("outputs", "; ".join(shape(v) for v in doc["outputs"])),
         ("nodes", str(doc["nodes"])),
         ("parameters", f"{doc['parameters']:,}"),
-        ("BatchNormalization", f"{doc['batchnorm_nodes']}" + (" (BN folded)" if doc["bn_folded"] else "")),
+        (
+            "BatchNormalization",
+            f"{doc['batchnorm_nodes']}" + (" (BN folded)" if doc["bn_folded"] else ""),
+        ),
         ("quantizable layers", str(len(doc["quantizable"]))),
         ("PyTorch conversion", conv_text),
     ]
@@ -168,4 +183,3 @@ def format_summary(doc: dict[str, Any]) -> str:
             dims = "x".join(str(d) for d in q["weight_shape"])
             lines.append(f"{q['node'].ljust(name_w)}  {q['op']:<13} {dims}")
     return "\n".join(lines)
-

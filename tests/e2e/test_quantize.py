@@ -1,4 +1,4 @@
-"""The whole pipeline on a small CNN: quantize, export, onnxruntime agreement, resume after kill -9."""
+"""The whole pipeline on a small CNN: quantize, export, agreement, resume after kill -9."""
 
 import hashlib
 import json
@@ -31,22 +31,39 @@ def workdir(tmp_path_factory):
 
 
 def _cli(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "zerop_deploy", *args], capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "zerop_deploy", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def _sha(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@pytest.mark.parametrize("bits", [["--bits", "8"], ["--wbits", "4", "--abits", "8"], ["--bits", "4"]])
+@pytest.mark.parametrize(
+    "bits", [["--bits", "8"], ["--wbits", "4", "--abits", "8"], ["--bits", "4"]]
+)
 def test_quantize_exports_a_checked_qdq_model_that_agrees(workdir, bits):
     from zerop_deploy.api import default_output
     from zerop_deploy.config import QuantConfig
 
     before = _sha(workdir / "m.onnx")
-    proc = _cli("quantize", str(workdir / "m.onnx"), *bits, "--proxy", str(workdir / "proxy.npz"),
-                "--steps", "15", "--eval", str(workdir / "eval.npz"), "--json", "--quiet")
+    proc = _cli(
+        "quantize",
+        str(workdir / "m.onnx"),
+        *bits,
+        "--proxy",
+        str(workdir / "proxy.npz"),
+        "--steps",
+        "15",
+        "--eval",
+        str(workdir / "eval.npz"),
+        "--json",
+        "--quiet",
+    )
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     out = default_output(workdir / "m.onnx", QuantConfig(wbits=int(bits[1]), abits=int(bits[-1])))
@@ -66,20 +83,51 @@ def test_quantize_exports_a_checked_qdq_model_that_agrees(workdir, bits):
 
 
 def test_output_over_the_input_is_refused(workdir):
-    proc = _cli("quantize", str(workdir / "m.onnx"), "-o", str(workdir / "m.onnx"),
-                "--proxy", str(workdir / "proxy.npz"), "--steps", "1")
+    proc = _cli(
+        "quantize",
+        str(workdir / "m.onnx"),
+        "-o",
+        str(workdir / "m.onnx"),
+        "--proxy",
+        str(workdir / "proxy.npz"),
+        "--steps",
+        "1",
+    )
     assert proc.returncode == 2 and "output path is the input" in proc.stderr
     assert proc.stderr.count("\n") == 1
 
 
 def test_min_agreement_gate_exits_1_but_writes(workdir, tmp_path):
     out = tmp_path / "g.onnx"
-    proc = _cli("quantize", str(workdir / "m.onnx"), "-o", str(out), "--proxy",
-                str(workdir / "proxy.npz"), "--steps", "2", "--min-agreement", "1.01")
+    proc = _cli(
+        "quantize",
+        str(workdir / "m.onnx"),
+        "-o",
+        str(out),
+        "--proxy",
+        str(workdir / "proxy.npz"),
+        "--steps",
+        "2",
+        "--min-agreement",
+        "1.01",
+    )
     assert proc.returncode == 2 and "--min-agreement" in proc.stderr  # 1.01 is not a fraction
-    proc = _cli("quantize", str(workdir / "m.onnx"), "-o", str(out), "--proxy",
-                str(workdir / "proxy.npz"), "--steps", "2", "--min-agreement", "1.0", "--bits", "4",
-                "--first-last-bits", "4")
+    proc = _cli(
+        "quantize",
+        str(workdir / "m.onnx"),
+        "-o",
+        str(out),
+        "--proxy",
+        str(workdir / "proxy.npz"),
+        "--steps",
+        "2",
+        "--min-agreement",
+        "1.0",
+        "--bits",
+        "4",
+        "--first-last-bits",
+        "4",
+    )
     assert out.is_file()
     report = json.loads((tmp_path / "g.report.json").read_text())
     if report["validation"]["fp32_vs_quant_top1_agreement"] < 1.0:
@@ -87,21 +135,45 @@ def test_min_agreement_gate_exits_1_but_writes(workdir, tmp_path):
         assert proc.stderr.strip().endswith("under --min-agreement 1.0")
     else:
         assert proc.returncode == 0
-    proc = _cli("quantize", str(workdir / "m.onnx"), "-o", str(out), "--proxy",
-                str(workdir / "proxy.npz"), "--steps", "2", "--min-agreement", "0.0")
+    proc = _cli(
+        "quantize",
+        str(workdir / "m.onnx"),
+        "-o",
+        str(out),
+        "--proxy",
+        str(workdir / "proxy.npz"),
+        "--steps",
+        "2",
+        "--min-agreement",
+        "0.0",
+    )
     assert proc.returncode == 0 and "Traceback" not in proc.stderr
 
 
 def test_kill_9_then_resume_gives_the_same_model(workdir, tmp_path):
-    args = ["quantize", str(workdir / "m.onnx"), "--proxy", str(workdir / "proxy.npz"),
-            "--steps", "60", "--checkpoint-every", "0", "--quiet", "--seed", "3"]
+    args = [
+        "quantize",
+        str(workdir / "m.onnx"),
+        "--proxy",
+        str(workdir / "proxy.npz"),
+        "--steps",
+        "60",
+        "--checkpoint-every",
+        "0",
+        "--quiet",
+        "--seed",
+        "3",
+    ]
     ref = tmp_path / "ref.onnx"
     assert _cli(*args, "-o", str(ref)).returncode == 0
 
     out = tmp_path / "killed.onnx"
     ckpt = tmp_path / "killed.onnx.ckpt"
-    proc = subprocess.Popen([sys.executable, "-m", "zerop_deploy", *args, "-o", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "zerop_deploy", *args, "-o", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 240
     while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
@@ -131,36 +203,100 @@ def _free_port():
 def test_torchrun_two_cpu_processes_train_with_ddp(workdir, tmp_path):
     out = tmp_path / "ddp.onnx"
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
-         _free_port(), "-m", "zerop_deploy", "quantize", str(workdir / "m.onnx"), "-o", str(out),
-         "--proxy", str(workdir / "proxy.npz"), "--steps", "8", "--batch-size", "16", "--json",
-         "--quiet", "--device", "cpu"],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            "--master-port",
+            _free_port(),
+            "-m",
+            "zerop_deploy",
+            "quantize",
+            str(workdir / "m.onnx"),
+            "-o",
+            str(out),
+            "--proxy",
+            str(workdir / "proxy.npz"),
+            "--steps",
+            "8",
+            "--batch-size",
+            "16",
+            "--json",
+            "--quiet",
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads(proc.stdout)  # only rank 0 prints
     assert doc["training"]["processes"] == 2 and doc["training"]["steps"] == 8
     single = tmp_path / "single.onnx"
-    assert _cli("quantize", str(workdir / "m.onnx"), "-o", str(single), "--proxy",
-                str(workdir / "proxy.npz"), "--steps", "8", "--batch-size", "16",
-                "--quiet").returncode == 0
+    assert (
+        _cli(
+            "quantize",
+            str(workdir / "m.onnx"),
+            "-o",
+            str(single),
+            "--proxy",
+            str(workdir / "proxy.npz"),
+            "--steps",
+            "8",
+            "--batch-size",
+            "16",
+            "--quiet",
+        ).returncode
+        == 0
+    )
     # two half-batches averaged by DDP make the same update as one whole batch
     a = {t.name: np.frombuffer(t.raw_data, np.uint8) for t in onnx.load(str(out)).graph.initializer}
-    b = {t.name: np.frombuffer(t.raw_data, np.uint8) for t in onnx.load(str(single)).graph.initializer}
+    b = {
+        t.name: np.frombuffer(t.raw_data, np.uint8)
+        for t in onnx.load(str(single)).graph.initializer
+    }
     same = sum(int((a[k] == b[k]).sum()) for k in a) / sum(a[k].size for k in a)
     assert same > 0.97
 
 
 def test_validate_command_on_an_exported_model(workdir, tmp_path):
     out = tmp_path / "v.onnx"
-    assert _cli("quantize", str(workdir / "m.onnx"), "-o", str(out), "--proxy",
-                str(workdir / "proxy.npz"), "--steps", "3", "--quiet").returncode == 0
-    proc = _cli("validate", str(out), "--reference", str(workdir / "m.onnx"), "--data",
-                str(workdir / "eval.npz"), "--json")
+    assert (
+        _cli(
+            "quantize",
+            str(workdir / "m.onnx"),
+            "-o",
+            str(out),
+            "--proxy",
+            str(workdir / "proxy.npz"),
+            "--steps",
+            "3",
+            "--quiet",
+        ).returncode
+        == 0
+    )
+    proc = _cli(
+        "validate",
+        str(out),
+        "--reference",
+        str(workdir / "m.onnx"),
+        "--data",
+        str(workdir / "eval.npz"),
+        "--json",
+    )
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     assert doc["images"] == 100 and 0 <= doc["fp32_vs_quant_top1_agreement"] <= 1
     assert set(doc["accuracy"]) == {"fp32", "quantized"}
-    table = _cli("validate", str(out), "--reference", str(workdir / "m.onnx"), "--data",
-                 str(workdir / "eval.npz"))
+    table = _cli(
+        "validate",
+        str(out),
+        "--reference",
+        str(workdir / "m.onnx"),
+        "--data",
+        str(workdir / "eval.npz"),
+    )
     assert table.returncode == 0 and "top-1 agreement" in table.stdout

@@ -1,16 +1,20 @@
 """Converters that onnx2torch lacks, registered through its own ``add_converter``.
 
-One file per op, named ``convert_<op>``; importing this package registers them all. Each converter has a
-test in ``tests/test_convert.py`` that builds a one-node model and compares onnxruntime with PyTorch.
+One file per op, named ``convert_<op>``; importing this package registers them all. Each converter
+has a
+test in ``tests/test_convert.py`` that builds a one-node model and compares onnxruntime with
+PyTorch.
 :func:`zerop_deploy.convert.prepare.prepare_for_onnx2torch` is a pre-pass (weights computed by
 Identity/ConstantOfShape become initializers; inert ``allowzero=1`` on Reshape is dropped).
 """
 
-from zerop_deploy.convert import convert_reducemax, convert_reducemean, convert_reducemin  # noqa: F401
-from zerop_deploy.convert import (  # noqa: F401
+from zerop_deploy.convert import (  # noqa: F401  # noqa: F401
     convert_averagepool,
     convert_dropout,
     convert_gelu,
+    convert_reducemax,
+    convert_reducemean,
+    convert_reducemin,
     convert_reshape,
     convert_split,
     convert_transpose,

@@ -1,4 +1,4 @@
-"""Shared machinery of the opset-18 Reduce* converters, where ``axes`` moved from attribute to input."""
+"""Shared machinery of the opset-18 Reduce* converters (``axes`` moved from attribute to input)."""
 
 from __future__ import annotations
 

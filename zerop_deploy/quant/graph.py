@@ -20,9 +20,27 @@ from zerop_deploy.summary import constant_tensors
 _NONNEG_PRODUCERS = {"Relu", "Sigmoid", "HardSigmoid", "Softmax", "Abs", "Exp", "Softplus"}
 # Ops that move or select values without changing their sign (first input only).
 _SIGN_PRESERVING = {
-    "Reshape", "Transpose", "Flatten", "Slice", "Split", "Squeeze", "Unsqueeze", "Identity",
-    "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Gather", "Resize",
-    "DepthToSpace", "SpaceToDepth", "Dropout", "Expand", "Tile", "ReduceMean", "ReduceMax",
+    "Reshape",
+    "Transpose",
+    "Flatten",
+    "Slice",
+    "Split",
+    "Squeeze",
+    "Unsqueeze",
+    "Identity",
+    "MaxPool",
+    "AveragePool",
+    "GlobalAveragePool",
+    "GlobalMaxPool",
+    "Gather",
+    "Resize",
+    "DepthToSpace",
+    "SpaceToDepth",
+    "Dropout",
+    "Expand",
+    "Tile",
+    "ReduceMean",
+    "ReduceMax",
 }
 # Ops that are non-negative when all their (non-constant) inputs are.
 _ALL_INPUTS = {"Concat", "Add", "Mul", "Max", "Min", "Sum", "Mean"}
@@ -120,8 +138,9 @@ def nonnegative_values(proto: onnx.ModelProto) -> set[str]:
             )
             ok = bool(dyn_inputs) and const_ok and all(i in nonneg for i in dyn_inputs)
         elif op == "Pad":
-            ok = node.input[0] in nonneg and (len(node.input) < 3 or not node.input[2]
-                                              or node.input[2] in consts)
+            ok = node.input[0] in nonneg and (
+                len(node.input) < 3 or not node.input[2] or node.input[2] in consts
+            )
         else:
             ok = False
         if ok:

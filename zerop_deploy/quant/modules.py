@@ -1,8 +1,10 @@
 """Fake-quantized layers: the student that QAT trains and the exporter turns into a QDQ graph.
 
-Each quantized layer owns an input :class:`ActQuantizer` (per tensor, learnable step size, unsigned when
+Each quantized layer owns an input :class:`ActQuantizer` (per tensor, learnable step size, unsigned
+when
 its input is non-negative by construction) and per-output-channel symmetric weight step sizes (LSQ).
-The forward pass is exactly what onnxruntime computes for the exported QDQ graph, up to float rounding.
+The forward pass is exactly what onnxruntime computes for the exported QDQ graph, up to float
+rounding.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from zerop_deploy.quant.primitives import fake_quantize, int_range, lsq_grad_sca
 
 
 class _LsqFakeQuant(torch.autograd.Function):
-    """Fused LSQ fake-quantization: the forward of :func:`primitives.fake_quantize` (zero point 0)
-    with its straight-through gradients, in a few passes over the tensor instead of a dozen.
+    """Fused LSQ fake-quantization, in a few passes over the tensor instead of a dozen.
+
+    The forward of :func:`primitives.fake_quantize` (zero point 0), straight-through gradients.
 
     Gradients: ``x`` gets ``grad`` inside the range and 0 outside; ``scale`` gets
     ``grad_scale * sum(grad * (q - x / s))`` (``q`` the clipped, rounded level).
@@ -24,7 +27,11 @@ class _LsqFakeQuant(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, scale, qmin, qmax, axis, grad_scale):  # type: ignore[override]
-        s = scale if axis is None else scale.reshape([-1 if d == axis else 1 for d in range(x.dim())])
+        s = (
+            scale
+            if axis is None
+            else scale.reshape([-1 if d == axis else 1 for d in range(x.dim())])
+        )
         v = x / s
         q = torch.round(v).clamp_(qmin, qmax)
         inside = (v >= qmin) & (v <= qmax)
@@ -52,7 +59,7 @@ class _LsqFakeQuant(torch.autograd.Function):
 def lsq_fake_quantize(
     x: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int, axis: int | None, grad_scale: float
 ) -> torch.Tensor:
-    """Fake-quantize ``x`` with step ``scale`` (per tensor, or per slice along ``axis``), LSQ grads."""
+    """Fake-quantize ``x`` with step ``scale`` (per tensor or along ``axis``), LSQ gradients."""
     return _LsqFakeQuant.apply(x, scale, qmin, qmax, axis, grad_scale)
 
 
@@ -66,7 +73,8 @@ class ActQuantizer(nn.Module):
 
     Args:
         bits: Bit width (4 or 8).
-        signed: Signed symmetric range (e.g. -8..7) if True, unsigned (0..15) otherwise; zero point 0.
+        signed: Signed symmetric range (e.g. -8..7) if True, unsigned (0..15) otherwise; zero point
+            0.
     """
 
     def __init__(self, bits: int, signed: bool) -> None:
@@ -86,7 +94,7 @@ class ActQuantizer(nn.Module):
         g = lsq_grad_scale(x[0].numel() if x.dim() > 0 and len(x) else 1, self.qmax)
         return lsq_fake_quantize(x, self.scale.abs() + 1e-12, self.qmin, self.qmax, None, g)
 
-    def extra_repr(self) -> str:
+    def extra_repr(self) -> str:  # noqa: D102 - torch's repr hook
         return f"bits={self.bits}, signed={self.signed}"
 
 
@@ -133,7 +141,8 @@ class QuantLayer(nn.Module):
     def step_sizes(self) -> torch.Tensor:
         """Per-channel weight step sizes as used and exported.
 
-        A floor of 1e-5 times the layer's largest step keeps dead channels (BatchNorm gamma ~ 0) from
+        A floor of 1e-5 times the layer's largest step keeps dead channels (BatchNorm gamma ~ 0)
+        from
         getting step sizes so small that their int32 bias would overflow; their weights round to 0.
         """
         s = self.weight_scale.abs() + 1e-12
@@ -144,13 +153,24 @@ class QuantLayer(nn.Module):
         if not self.quant_weights:
             return self.weight
         per_channel = self.weight.numel() // self.weight.shape[self.weight_axis]
-        return lsq_fake_quantize(self.weight, self.step_sizes(), self.wmin, self.wmax,
-                                 self.weight_axis, lsq_grad_scale(per_channel, self.wmax))
+        return lsq_fake_quantize(
+            self.weight,
+            self.step_sizes(),
+            self.wmin,
+            self.wmax,
+            self.weight_axis,
+            lsq_grad_scale(per_channel, self.wmax),
+        )
 
     def integer_weight(self) -> torch.Tensor:
         """Integer weight values as exported (float tensor holding integers)."""
-        return quantize(self.weight.detach(), self.step_sizes().detach(), qmin=self.wmin,
-                        qmax=self.wmax, axis=self.weight_axis)
+        return quantize(
+            self.weight.detach(),
+            self.step_sizes().detach(),
+            qmin=self.wmin,
+            qmax=self.wmax,
+            axis=self.weight_axis,
+        )
 
     def effective_bias(self) -> torch.Tensor | None:
         """The bias on the int32 grid ``act_scale * weight_scale`` that integer engines use.
@@ -181,12 +201,20 @@ class QuantConv(QuantLayer):
 
     op = "Conv"
 
-    def __init__(self, conv: nn.Module, wbits: int, act: ActQuantizer | None,
-                 weight: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> None:
+    def __init__(
+        self,
+        conv: nn.Module,
+        wbits: int,
+        act: ActQuantizer | None,
+        weight: torch.Tensor | None = None,
+        bias: torch.Tensor | None = None,
+    ) -> None:
         super().__init__(
             conv.weight if weight is None else weight,
             conv.bias if weight is None else bias,
-            wbits, act, weight_axis=0,
+            wbits,
+            act,
+            weight_axis=0,
         )
         self.conv = conv
         for p in conv.parameters():
@@ -214,8 +242,16 @@ class QuantConvTranspose(QuantLayer):
         """Quantized transposed convolution with the wrapped module's geometry."""
         c = self.conv
         fn = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[x.dim() - 2]
-        return fn(self.quant_input(x), self.quantized_weight(), self.effective_bias(), c.stride, c.padding,
-                  c.output_padding, c.groups, c.dilation)
+        return fn(
+            self.quant_input(x),
+            self.quantized_weight(),
+            self.effective_bias(),
+            c.stride,
+            c.padding,
+            c.output_padding,
+            c.groups,
+            c.dilation,
+        )
 
 
 class QuantLinear(QuantLayer):

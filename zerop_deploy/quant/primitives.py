@@ -1,18 +1,22 @@
 """What int4 and int8 mean, everywhere in this package: pure quantization functions.
 
-The fake-quant layers, the ONNX exporter and the C++ kernels are all tested against these functions, so
+The fake-quant layers, the ONNX exporter and the C++ kernels are all tested against these
+functions, so
 this module is the single definition of the integer formats. Nothing here keeps state.
 
 Conventions:
 
 * Affine quantization: ``q = clip(round_half_even(x / scale) + zero_point, qmin, qmax)`` and
   ``x_hat = (q - zero_point) * scale``. This is exactly what ONNX ``QuantizeLinear`` /
-  ``DequantizeLinear`` compute (division, round-half-to-even, saturation), so a graph exported from these
+  ``DequantizeLinear`` compute (division, round-half-to-even, saturation), so a graph exported from
+  these
   numbers reproduces them in onnxruntime.
-* Weights: symmetric (zero point 0) per output channel, narrow range by default (int4 -7..7, int8 -127..127)
+* Weights: symmetric (zero point 0) per output channel, narrow range by default (int4 -7..7, int8
+  -127..127)
   so that ``-q`` is always representable.
 * Activations: per tensor; unsigned (uint8 / uint4) after ReLU-like producers, signed otherwise.
-* Packed int4 (kernels and ONNX INT4): two values per byte, element ``2i`` in the low nibble and ``2i+1`` in
+* Packed int4 (kernels and ONNX INT4): two values per byte, element ``2i`` in the low nibble and
+  ``2i+1`` in
   the high nibble, rows padded to whole bytes.
 
 Worked example (4-bit symmetric weight, one channel)::
@@ -22,7 +26,8 @@ Worked example (4-bit symmetric weight, one channel)::
     w / scale = [2.9167, -7.0, 0.4861, 6.8056]  -> round -> [3, -7, 0, 7]
     dequantized = [0.3086, -0.72, 0.0, 0.72]
 
-Torch functions accept tensors of any float dtype; scales broadcast along ``axis`` (``None`` = per tensor).
+Torch functions accept tensors of any float dtype; scales broadcast along ``axis`` (``None`` = per
+tensor).
 """
 
 from __future__ import annotations
@@ -101,7 +106,9 @@ def quantize(
     qmax: int,
     axis: int | None = None,
 ) -> torch.Tensor:
-    """Quantize like ONNX QuantizeLinear: ``clip(round_half_even(x / scale) + zero_point, qmin, qmax)``.
+    """Quantize like ONNX QuantizeLinear.
+
+    ``q = clip(round_half_even(x / scale) + zero_point, qmin, qmax)``.
 
     Returns:
         A float tensor holding integer values (cast it to the integer dtype you need).
@@ -141,9 +148,12 @@ def fake_quantize(
 ) -> torch.Tensor:
     """Quantize-dequantize with straight-through gradients (LSQ / LSQ+ style).
 
-    The forward value equals ``dequantize(quantize(x, ...), ...)`` exactly. Gradients: ``x`` gets 1 inside
-    the clipping range and 0 outside; ``scale`` gets the LSQ gradient ``round(v) - v`` inside the range and
-    the clipped level outside; a floating ``zero_point`` is rounded with a straight-through estimator so it
+    The forward value equals ``dequantize(quantize(x, ...), ...)`` exactly. Gradients: ``x`` gets 1
+    inside
+    the clipping range and 0 outside; ``scale`` gets the LSQ gradient ``round(v) - v`` inside the
+    range and
+    the clipped level outside; a floating ``zero_point`` is rounded with a straight-through
+    estimator so it
     can be learned (LSQ+).
 
     Args:
@@ -188,7 +198,9 @@ def quantize_rows_int8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """
     x = np.ascontiguousarray(x, dtype=np.float32)
     amax = np.abs(x).max(axis=1) if x.shape[1] else np.zeros(x.shape[0], np.float32)
-    s = np.where(amax > 0, amax / np.float32(ACTIVATION_INT8_MAX), np.float32(1.0)).astype(np.float32)
+    s = np.where(amax > 0, amax / np.float32(ACTIVATION_INT8_MAX), np.float32(1.0)).astype(
+        np.float32
+    )
     q = np.clip(np.rint(x / s[:, None]), -ACTIVATION_INT8_MAX, ACTIVATION_INT8_MAX).astype(np.int8)
     return q, s
 
@@ -237,7 +249,8 @@ def matmul_int4_reference(
 ) -> np.ndarray:
     """Reference for the int4 kernel: ``y = x @ dequant(w).T`` with int8 row-quantized activations.
 
-    ``y[m, n] = s_m * sum_g scales[g, n] * sum_{k in g} q[m, k] * w[n, k] + bias[n]`` with exact integer
+    ``y[m, n] = s_m * sum_g scales[g, n] * sum_{k in g} q[m, k] * w[n, k] + bias[n]`` with exact
+    integer
     inner sums (int64 here), then float32 scaling.
 
     Args:

@@ -1,13 +1,14 @@
-"""The fine-tuning loop: knowledge distillation from the fp32 teacher into the fake-quantized student.
+"""The fine-tuning loop: distillation from the fp32 teacher into the fake-quantized student.
 
 Every step draws a batch that depends only on ``(seed, step)`` (indices, crops and flips), so a run
 resumed from a checkpoint sees exactly the batches an uninterrupted run would have seen. The loss is
 the KL divergence between the teacher's and the student's softened logits. Learning rates follow a
 cosine decay over the planned steps (or over the time budget, whichever ends first).
 
-Checkpoints (student weights and step sizes, optimizer state, step, elapsed time, a fingerprint of the
-run's settings) are written atomically every ``checkpoint_every_s`` seconds and when the loop is
-interrupted; they are read back with ``torch.load(weights_only=True)``, never by unpickling objects.
+Checkpoints (student weights and step sizes, optimizer state, step, elapsed time, a fingerprint
+of the run's settings) are written atomically every ``checkpoint_every_s`` seconds and when the
+loop is interrupted; they are read back with ``torch.load(weights_only=True)``, never by
+unpickling objects.
 """
 
 from __future__ import annotations
@@ -64,7 +65,11 @@ def param_groups(student: nn.Module, cfg: TrainConfig) -> list[dict]:
             scales.append(m.scale)
     return [
         {"params": weights, "lr": cfg.lr, "base_lr": cfg.lr},
-        {"params": scales, "lr": cfg.lr * cfg.scale_lr_factor, "base_lr": cfg.lr * cfg.scale_lr_factor},
+        {
+            "params": scales,
+            "lr": cfg.lr * cfg.scale_lr_factor,
+            "base_lr": cfg.lr * cfg.scale_lr_factor,
+        },
     ]
 
 
@@ -108,7 +113,9 @@ def load_checkpoint(path: Path, fingerprint: str) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a corrupt file
-        raise InputError(f"{path}: checkpoint cannot be read ({e}); delete it or drop --resume") from e
+        raise InputError(
+            f"{path}: checkpoint cannot be read ({e}); delete it or drop --resume"
+        ) from e
     if state.get("fingerprint") != fingerprint:
         raise InputError(
             f"{path}: checkpoint belongs to a run with other settings (model, bits, data, seed or "
@@ -146,7 +153,9 @@ def train(
         Steps done, wall time and throughput.
     """
     teacher.eval().to(device)
-    student.eval().to(device)  # no BatchNorm left in the student: eval keeps converters deterministic
+    student.eval().to(
+        device
+    )  # no BatchNorm left in the student: eval keeps converters deterministic
     _trainable(student)
     rank, world = distributed_context(device)
     model: nn.Module = student
@@ -170,13 +179,29 @@ def train(
 
     def snapshot(step: int, elapsed: float) -> None:
         if checkpoint is not None and rank == 0:
-            save_checkpoint(checkpoint, {
-                "student": student.state_dict(), "optimizer": opt.state_dict(), "step": step,
-                "elapsed": elapsed, "fingerprint": fingerprint,
-            })
+            save_checkpoint(
+                checkpoint,
+                {
+                    "student": student.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "step": step,
+                    "elapsed": elapsed,
+                    "fingerprint": fingerprint,
+                },
+            )
 
-    return _loop(teacher, model, batch, cfg, opt, device, start_step, elapsed0, snapshot,
-                 progress and rank == 0)
+    return _loop(
+        teacher,
+        model,
+        batch,
+        cfg,
+        opt,
+        device,
+        start_step,
+        elapsed0,
+        snapshot,
+        progress and rank == 0,
+    )
 
 
 def _lr_factor(step: int, steps: int, elapsed: float, budget: float | None) -> float:
@@ -190,8 +215,15 @@ def _loop(teacher, student, batch, cfg, opt, device, step, elapsed0, snapshot, p
     from tqdm import tqdm
 
     t0, last_ckpt, images, loss_val = time.monotonic(), time.monotonic(), 0, float("nan")
-    bar = tqdm(total=cfg.steps, initial=step, file=sys.stderr, unit="step", dynamic_ncols=True,
-               disable=not progress or not sys.stderr.isatty(), desc="fine-tuning")
+    bar = tqdm(
+        total=cfg.steps,
+        initial=step,
+        file=sys.stderr,
+        unit="step",
+        dynamic_ncols=True,
+        disable=not progress or not sys.stderr.isatty(),
+        desc="fine-tuning",
+    )
     start = step
     try:
         while step < cfg.steps:
@@ -209,8 +241,9 @@ def _loop(teacher, student, batch, cfg, opt, device, step, elapsed0, snapshot, p
             opt.step()
             step, images, loss_val = step + 1, images + len(x), float(loss.detach())
             bar.update(1)
-            bar.set_postfix(loss=f"{loss_val:.4f}",
-                            img_s=f"{images / max(1e-9, time.monotonic() - t0):.0f}")
+            bar.set_postfix(
+                loss=f"{loss_val:.4f}", img_s=f"{images / max(1e-9, time.monotonic() - t0):.0f}"
+            )
             if time.monotonic() - last_ckpt >= cfg.checkpoint_every_s:
                 snapshot(step, elapsed0 + time.monotonic() - t0)
                 last_ckpt = time.monotonic()
@@ -222,6 +255,10 @@ def _loop(teacher, student, batch, cfg, opt, device, step, elapsed0, snapshot, p
         bar.close()
     wall = time.monotonic() - t0
     snapshot(step, elapsed0 + wall)
-    return TrainResult(steps=step, wall_seconds=elapsed0 + wall,
-                       images_per_second=images / max(1e-9, wall), final_loss=loss_val,
-                       resumed_from=start)
+    return TrainResult(
+        steps=step,
+        wall_seconds=elapsed0 + wall,
+        images_per_second=images / max(1e-9, wall),
+        final_loss=loss_val,
+        resumed_from=start,
+    )

@@ -1,7 +1,8 @@
 """The hand-over from the quantization engine to the exporter: integer weights and qparams per node.
 
 The fine-tuned student is described, layer by layer, in terms of the user's ORIGINAL ONNX graph: the
-node name of each quantized Conv/ConvTranspose/Gemm/MatMul, its integer weight in that node's own weight
+node name of each quantized Conv/ConvTranspose/Gemm/MatMul, its integer weight in that node's own
+weight
 layout, per-output-channel scales, the float bias (with any BatchNorm already folded in), and the
 per-tensor quantizer of the node's input activation. :mod:`zerop_deploy.export` needs nothing else.
 """
@@ -54,9 +55,11 @@ class LayerQuant:
         wbits: Weight bit width (4 or 8); weights are symmetric, zero point 0.
         weight: Integer weight (int8 array holding values within the ``wbits`` signed range), in the
             node's own ONNX layout: Conv ``[C_out, C_in/g, kH, kW]``, ConvTranspose
-            ``[C_in, C_out/g, kH, kW]``, Gemm ``B`` as stored (``[N, K]`` with transB=1, else ``[K, N]``),
+            ``[C_in, C_out/g, kH, kW]``, Gemm ``B`` as stored (``[N, K]`` with transB=1, else ``[K,
+            N]``),
             MatMul ``[K, N]``.
-        weight_scale: float32 per-output-channel scales; their axis in ``weight`` is ``weight_axis``.
+        weight_scale: float32 per-output-channel scales; their axis in ``weight`` is
+            ``weight_axis``.
         weight_axis: The output-channel axis of ``weight`` (0 for Conv and Gemm transB=1, 1 for
             ConvTranspose with groups=1, Gemm transB=0 and MatMul).
         bias: float32 bias per output channel, or None to keep the node's bias as it is (no bias).
@@ -89,4 +92,6 @@ class LayerQuant:
         """float32 weight ``w * scale`` in the node's layout (what DequantizeLinear produces)."""
         shape = [1] * self.weight.ndim
         shape[self.weight_axis] = -1
-        return (self.weight.astype(np.float32) * self.weight_scale.reshape(shape)).astype(np.float32)
+        return (self.weight.astype(np.float32) * self.weight_scale.reshape(shape)).astype(
+            np.float32
+        )

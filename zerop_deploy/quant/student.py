@@ -8,7 +8,8 @@ included, for the proxy-data and synthesis stages. The student is a deep copy in
   :class:`~zerop_deploy.quant.modules.QuantLayer` with the bit widths of :class:`QuantConfig`;
 * an input quantizer is unsigned when the ONNX graph proves its input non-negative.
 
-Layers that cannot be quantized are not skipped silently: each is listed with its reason in the plan.
+Layers that cannot be quantized are not skipped silently: each is listed with its reason in the
+plan.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import torch
 from torch import nn
 
 from zerop_deploy.config import QuantConfig
-from zerop_deploy.quant.qparams import ActQuant, LayerQuant
 from zerop_deploy.quant.graph import (
     bn_parameters,
     conv_bn_pairs,
@@ -37,6 +37,7 @@ from zerop_deploy.quant.modules import (
     QuantLinear,
     QuantMatMul,
 )
+from zerop_deploy.quant.qparams import ActQuant, LayerQuant
 from zerop_deploy.summary import QUANTIZABLE_OPS, constant_tensors
 
 
@@ -117,7 +118,8 @@ def build_student(
     nonneg = nonnegative_values(proto)
     consts = constant_tensors(proto.graph)
     candidates = [
-        n.name for n in proto.graph.node
+        n.name
+        for n in proto.graph.node
         if n.op_type in QUANTIZABLE_OPS and len(n.input) > 1 and n.input[1] in consts
     ]
     edges = {candidates[0], candidates[-1]} if candidates else set()  # first and last layer
@@ -127,7 +129,9 @@ def build_student(
         bits = config.bits_for(name, edge=name in edges)
         folded = bn_of.get(name)
         if bits is None:
-            plan.append(LayerPlan(name, node.op_type, mname, None, None, None, None, "override: skip"))
+            plan.append(
+                LayerPlan(name, node.op_type, mname, None, None, None, None, "override: skip")
+            )
             continue
         act = ActQuantizer(bits[1], signed=node.input[0] not in nonneg)
         bn = bn_parameters(proto, folded) if folded else None
@@ -144,7 +148,11 @@ def build_student(
 
 
 def _quant_layer(
-    student: nn.Module, mname: str, node: onnx.NodeProto, wbits: int, act: ActQuantizer,
+    student: nn.Module,
+    mname: str,
+    node: onnx.NodeProto,
+    wbits: int,
+    act: ActQuantizer,
     bn: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float] | None,
 ) -> tuple[nn.Module | None, str]:
     """The quantized replacement of one module, or ``(None, reason)``."""
@@ -221,10 +229,19 @@ def layer_quants(
         if p.op == "Gemm" and not _attr_int(nodes[p.node], "transB"):
             w, axis = w.T.copy(), 1
         bias = None if layer.bias is None else layer.bias.detach().numpy().astype(np.float32)
-        out.append(LayerQuant(
-            node=p.node, op=p.op, wbits=layer.wbits, weight=w, weight_scale=scale,
-            weight_axis=axis, bias=bias, act=_act_of(layer), folded_bn=p.folded_bn,
-        ))
+        out.append(
+            LayerQuant(
+                node=p.node,
+                op=p.op,
+                wbits=layer.wbits,
+                weight=w,
+                weight_scale=scale,
+                weight_axis=axis,
+                bias=bias,
+                act=_act_of(layer),
+                folded_bn=p.folded_bn,
+            )
+        )
     return out
 
 
