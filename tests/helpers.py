@@ -8,6 +8,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from zerop_deploy.demo import onnx_bytes
+
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
 
@@ -64,8 +66,6 @@ def assert_ort_matches_torch(model: onnx.ModelProto, *, seed: int = 0, atol: flo
 
 def small_cnn(*, keep_bn: bool = True, opset: int = 17, seed: int = 0):
     """A tiny conv net with BatchNorm, exported by the TorchScript exporter (a ModelProto)."""
-    import io
-
     import torch
     from torch import nn
 
@@ -86,20 +86,6 @@ def small_cnn(*, keep_bn: bool = True, opset: int = 17, seed: int = 0):
             if isinstance(m, nn.BatchNorm2d):
                 m.running_mean.uniform_(-0.5, 0.5)
                 m.running_var.uniform_(0.5, 2.0)
-    net.eval()
-    buf = io.BytesIO()
-    kwargs = {}
-    if keep_bn:
-        kwargs = {"training": torch.onnx.TrainingMode.PRESERVE, "do_constant_folding": False}
-    torch.onnx.export(
-        net,
-        (torch.rand(1, 3, 16, 16),),
-        buf,
-        input_names=["input"],
-        output_names=["logits"],
-        dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},
-        opset_version=opset,
-        dynamo=False,
-        **kwargs,
+    return onnx.load_from_string(
+        onnx_bytes(net.eval(), (1, 3, 16, 16), keep_bn=keep_bn, opset=opset)
     )
-    return onnx.load_from_string(buf.getvalue())

@@ -65,12 +65,15 @@ def build_demo_network(seed: int = 0):  # -> torch.nn.Module
     return net.eval()
 
 
-def export_onnx(net, path: str | os.PathLike[str], *, keep_bn: bool, opset: int = 17) -> Path:
-    """Export ``net`` with the TorchScript exporter, BatchNorm kept or folded, dynamic batch.
+def onnx_bytes(
+    net, input_shape: tuple[int, ...] = DEMO_INPUT_SHAPE, *, keep_bn: bool, opset: int = 17
+) -> bytes:
+    """Serialise ``net`` with the TorchScript exporter, BatchNorm kept or folded.
+
+    The graph has input ``input`` and output ``logits`` with a dynamic batch dimension.
 
     Keeping BatchNorm (``training=TrainingMode.PRESERVE, do_constant_folding=False``) preserves the
-    BN
-    statistics that proxy-data selection and synthesis need; the default export folds them away.
+    BN statistics that proxy-data selection and synthesis need; the default export folds them away.
     """
     import torch
 
@@ -84,7 +87,7 @@ def export_onnx(net, path: str | os.PathLike[str], *, keep_bn: bool, opset: int 
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
             net,
-            (torch.rand(*DEMO_INPUT_SHAPE),),
+            (torch.rand(*input_shape),),
             buf,
             input_names=["input"],
             output_names=["logits"],
@@ -93,7 +96,12 @@ def export_onnx(net, path: str | os.PathLike[str], *, keep_bn: bool, opset: int 
             dynamo=False,
             **kwargs,
         )
-    return atomic_write_bytes(path, buf.getvalue())
+    return buf.getvalue()
+
+
+def export_onnx(net, path: str | os.PathLike[str], *, keep_bn: bool, opset: int = 17) -> Path:
+    """Write :func:`onnx_bytes` of ``net`` to ``path`` atomically."""
+    return atomic_write_bytes(path, onnx_bytes(net, keep_bn=keep_bn, opset=opset))
 
 
 def write_demo_models(out_dir: str | os.PathLike[str], seed: int = 0) -> tuple[Path, Path]:
