@@ -24,6 +24,7 @@ SOURCES = [
         for name in (
             "avx2.cpp",
             "conv.cpp",
+            "depthwise.cpp",
             "matmul.cpp",
             "scalar.cpp",
             "thread_pool.cpp",

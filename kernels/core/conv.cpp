@@ -249,8 +249,16 @@ void conv2d_int4_f32(const float* x, const ConvShape& s, const uint8_t* packed,
   const int t = macs < detail::kMinParallelMacs ? 1 : resolve_threads(threads);
   const int64_t chw = s.c_in * s.h * s.w, hw = s.h * s.w;
   std::vector<int8_t> xn(static_cast<size_t>(s.batch * chw));
-  std::vector<int32_t> psum(static_cast<size_t>(s.batch * hw * s.groups));
   std::vector<float> img_scale(static_cast<size_t>(s.batch));
+  if (detail::is_depthwise(s)) {  // per-image quantization, then the direct path on NCHW planes
+    detail::parallel_for(s.batch, t, [&](int64_t b) {
+      img_scale[b] = detail::row_scale(kn.absmax(x + b * chw, chw));
+      kn.quantize(x + b * chw, chw, img_scale[b], xn.data() + b * chw);
+    });
+    detail::depthwise_direct(xn.data(), 0, img_scale.data(), 0, s, packed, scales, bias, y, t);
+    return;
+  }
+  std::vector<int32_t> psum(static_cast<size_t>(s.batch * hw * s.groups));
   detail::parallel_for(s.batch, t, [&](int64_t b) {
     std::vector<int8_t> q(static_cast<size_t>(chw));
     img_scale[b] = detail::row_scale(kn.absmax(x + b * chw, chw));
@@ -271,14 +279,19 @@ void conv2d_int4_q8(const void* xq, bool is_unsigned, float x_scale, int32_t zer
   const int t = macs < detail::kMinParallelMacs ? 1 : resolve_threads(threads);
   const int64_t chw = s.c_in * s.h * s.w, hw = s.h * s.w;
   const uint8_t flip = is_unsigned ? 0x80 : 0x00;  // uint8 v -> int8 v - 128
+  const int32_t offset = is_unsigned ? zero_point - 128 : zero_point;
+  std::vector<float> img_scale(static_cast<size_t>(s.batch), x_scale);
+  if (detail::is_depthwise(s)) {
+    detail::depthwise_direct(static_cast<const int8_t*>(xq), flip, img_scale.data(), offset, s,
+                             packed, scales, bias, y, t);
+    return;
+  }
   std::vector<int8_t> xn(static_cast<size_t>(s.batch * chw));
   std::vector<int32_t> psum(static_cast<size_t>(s.batch * hw * s.groups));
-  std::vector<float> img_scale(static_cast<size_t>(s.batch), x_scale);
   detail::parallel_for(s.batch, t, [&](int64_t b) {
     detail::to_nhwc(static_cast<const int8_t*>(xq) + b * chw, s.c_in, hw, s.groups, flip,
                     xn.data() + b * chw, psum.data() + b * hw * s.groups);
   });
-  const int32_t offset = is_unsigned ? zero_point - 128 : zero_point;
   detail::conv_driver(xn.data(), psum.data(), img_scale.data(), offset, s, packed, scales, bias, y,
                       t, kn);
 }

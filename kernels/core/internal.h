@@ -109,6 +109,13 @@ inline float conv_value(int32_t s, int32_t cw, float sc, float rs, const float* 
 uint64_t read_sum_scalar(const uint8_t* p, size_t words);
 uint64_t read_sum_avx2(const uint8_t* p, size_t words);
 
+// Depthwise convolutions (groups == C_in == C_out) take a direct path on the NCHW int8 input
+// (values xor `flip`, real value (x - a_offset) * img_scale[b]); see depthwise.cpp.
+bool is_depthwise(const ConvShape& s);
+void depthwise_direct(const int8_t* x, uint8_t flip, const float* img_scale, int32_t a_offset,
+                      const ConvShape& s, const uint8_t* packed, const float* scales,
+                      const float* bias, float* y, int threads);
+
 struct Kernels {
   BlockFn block;
   ConvBlockFn conv_block;
