@@ -1,8 +1,8 @@
-// Depthwise convolution (groups == C_in == C_out) computed directly on the NCHW int8 planes: each
-// output plane is a small 2-D correlation of one input plane, so the general gather-and-multiply
-// path (one 1-column product per channel) would waste almost all of its work. Plain C++ that the
-// compiler vectorizes along the output row; every Impl runs it, and the integer sums and float steps
-// are those of the general path, so both give the same bits.
+// Depthwise convolution (groups == C_in == C_out) computed directly on the NCHW int8 planes:
+// each output plane is a small 2-D correlation of one input plane, so the general gather-and-
+// multiply path (one 1-column product per channel) would waste almost all of its work. Plain C++
+// that the compiler vectorizes along the output row; every Impl runs it, and the integer sums and
+// float steps are those of the general path, so both give the same bits.
 #include <algorithm>
 #include <vector>
 
