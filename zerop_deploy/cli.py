@@ -145,7 +145,12 @@ def _floats(value: str | None, option: str) -> tuple[float, ...] | None:
     help='JSON per-layer overrides: {"layers": {NODE: {"wbits": 8, "abits": 8, "skip": false}}}.',
 )
 @click.option("--proxy", type=str, default=None, help="Proxy images: a folder, a .npz or a .npy.")
-@click.option("--steps", type=int, default=None, help="Fine-tuning steps (default 2000).")
+@click.option(
+    "--steps",
+    type=int,
+    default=None,
+    help="Fine-tuning steps (default 500; with --time-budget: until the budget ends).",
+)
 @click.option("--time-budget", type=float, default=None, help="Fine-tuning budget in minutes.")
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Images per step.")
 @click.option("--lr", type=float, default=1e-4, show_default=True, help="Learning rate.")
@@ -221,7 +226,7 @@ def quantize_cmd(
         first_last_bits=int(first_last_bits),
         overrides=load_overrides(layer_config) if layer_config else {},
     )
-    default_steps = 2000 if time_budget is None else 10_000_000
+    default_steps = TrainConfig().steps if time_budget is None else 10_000_000
     train = TrainConfig(
         steps=default_steps if steps is None else steps,
         time_budget_s=None if time_budget is None else time_budget * 60,

@@ -126,7 +126,7 @@ class TrainConfig:
         augment: Random crops and flips of the training images.
     """
 
-    steps: int = 2000
+    steps: int = 500
     time_budget_s: float | None = None
     batch_size: int = 64
     lr: float = 1e-4
