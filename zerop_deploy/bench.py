@@ -48,8 +48,8 @@ def _session(model: onnx.ModelProto | str, threads: int) -> Any:
         raise ValidationError(f"{name}: onnxruntime cannot load the model: {e}") from e
 
 
-def _median_times(
-    fns: dict[str, Callable[[], object]], rounds: int, min_seconds: float = 0.05
+def interleaved_median(
+    fns: dict[str, Callable[[], object]], *, rounds: int = 7, min_seconds: float = 0.05
 ) -> dict[str, float]:
     """Median seconds per call of each fn, timed in interleaved rounds so noise hits all alike."""
     reps = {}
@@ -273,7 +273,7 @@ def _time_layer(layer: _Layer, threads: int, rounds: int) -> dict[str, Any]:
     why = layer.supported() or (None if kernels.available() else "native kernels not built")
     if why is None:
         fns["ours_int4_us"] = layer.ours(threads)
-    times = _median_times(fns, rounds)
+    times = interleaved_median(fns, rounds=rounds)
     for key in VARIANTS:
         row[key] = round(times[key] * 1e6, 1) if key in times else None
     row["note"] = why
@@ -322,7 +322,8 @@ def bench(
     if qdq_path is not None:
         read_model(qdq_path)
         sessions["qdq_ms"] = _session(str(qdq_path), threads)
-    e2e = _median_times({k: (lambda s=s: s.run(None, feeds)) for k, s in sessions.items()}, rounds)
+    runs = {k: (lambda s=s: s.run(None, feeds)) for k, s in sessions.items()}
+    e2e = interleaved_median(runs, rounds=rounds)
     doc: dict[str, Any] = {
         "model": str(model_path),
         "qdq_model": None if qdq_path is None else str(qdq_path),

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import statistics
-import time
-from collections.abc import Callable
-
 import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
+
+from zerop_deploy.bench import interleaved_median  # noqa: F401  (the benchmarks' fair timer)
 
 SPIN = False
 """Whether onnxruntime's idle worker threads spin (its default) or sleep between runs. Spinning
@@ -86,25 +84,3 @@ def matmul_nbits_model(
         numpy_helper.from_array(np.ascontiguousarray(scales.T).reshape(-1), "scales"),
     ]
     return _model(node, m, k, n, inits, [("", 17), ("com.microsoft", 1)])
-
-
-def interleaved_median(
-    fns: dict[str, Callable[[], object]], *, rounds: int = 7, min_seconds: float = 0.05
-) -> dict[str, float]:
-    """Median seconds per call of each fn, timed in interleaved rounds so noise hits all alike."""
-    reps = {}
-    for name, fn in fns.items():
-        fn()
-        t0, count = time.perf_counter(), 0
-        while time.perf_counter() - t0 < min_seconds / 4 or count < 3:
-            fn()
-            count += 1
-        reps[name] = max(3, int(count * 4 * min_seconds / max(time.perf_counter() - t0, 1e-9) / 4))
-    samples: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            for _ in range(reps[name]):
-                fn()
-            samples[name].append((time.perf_counter() - t0) / reps[name])
-    return {name: statistics.median(v) for name, v in samples.items()}
