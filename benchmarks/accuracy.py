@@ -159,6 +159,25 @@ def _table(rows: list[dict], fp32: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
+def _merge(rows: list[dict], fp32: dict[str, float], argv: str) -> tuple[list[dict], dict]:
+    """Add this run's rows to benchmarks/results/accuracy.json (same net/method/bits replaced)."""
+    path = ROOT / "benchmarks" / "results" / "accuracy.json"
+    path.parent.mkdir(exist_ok=True)
+    old = json.loads(path.read_text()) if path.exists() else {"fp32": {}, "rows": []}
+    for r in rows:
+        r["benchmark_args"] = argv
+    key = lambda r: (r["net"], r["method"], r["bits"])  # noqa: E731
+    merged = {key(r): r for r in old["rows"]}
+    merged.update({key(r): r for r in rows})
+    order = {m: i for i, m in enumerate(METHODS)}
+    out = sorted(
+        merged.values(), key=lambda r: (r["net"], order[r["method"]], list(BITS).index(r["bits"]))
+    )
+    fp32 = {**old["fp32"], **fp32}
+    path.write_text(json.dumps({"fp32": fp32, "rows": out}, indent=2) + "\n")
+    return out, fp32
+
+
 def _write_section(text: str) -> None:
     path = ROOT / "BENCHMARKS.md"
     doc = path.read_text()
@@ -202,13 +221,13 @@ def main() -> None:
                     row = run_row(net, method, bits, args, x, y, Path(tmp))
                     print(json.dumps(row), flush=True)
                     rows.append(row)
-    results = ROOT / "benchmarks" / "results"
-    results.mkdir(exist_ok=True)
-    (results / "accuracy.json").write_text(json.dumps({"fp32": fp32, "rows": rows}, indent=2))
+    rows, fp32 = _merge(rows, fp32, " ".join(sys.argv[1:]))
     header = (
         "fp32 (onnxruntime, JPEG CIFAR-10 test, 10,000 images): "
         + ", ".join(f"{n} {100 * a:.2f} %" for n, a in fp32.items())
-        + f". Command: `python benchmarks/accuracy.py {' '.join(sys.argv[1:])}`"
+        + ". Each row's exact command (and the `benchmarks/accuracy.py` arguments that ran it) "
+        "is in `benchmarks/results/accuracy.json`; rerun everything with "
+        "`python benchmarks/accuracy.py --write`."
     )
     text = header + "\n\n" + _table(rows, fp32)
     print(text)
