@@ -255,8 +255,24 @@ def _fine_tune(
         fingerprint=fingerprint,
         resume=resume,
         progress=progress,
+        feature_pairs=_feature_pairs(proto, plan),
     )
     return student.cpu().eval(), plan, result
+
+
+def _feature_pairs(proto, plan) -> list[tuple[str, str]]:
+    """Pair each quantized layer with the teacher module whose float output it reproduces.
+
+    That is the teacher's BatchNorm for a folded Conv, else the teacher's own layer.
+    """
+    from zerop_deploy.quant.graph import module_node_names
+
+    module_of = {node: module for module, node in module_node_names(proto).items()}
+    return [
+        (module_of[p.folded_bn] if p.folded_bn else p.module, p.module)
+        for p in plan
+        if p.skipped is None
+    ]
 
 
 def _report(src, out, quant, train, data, images, plan, result, device, wall) -> dict[str, Any]:

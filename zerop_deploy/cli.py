@@ -155,6 +155,12 @@ def _floats(value: str | None, option: str) -> tuple[float, ...] | None:
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Images per step.")
 @click.option("--lr", type=float, default=1e-4, show_default=True, help="Learning rate.")
 @click.option(
+    "--feature-weight",
+    type=float,
+    default=None,
+    help="Weight of layer-output matching added to the logit distillation (default: 0).",
+)
+@click.option(
     "--eval",
     "eval_path",
     type=str,
@@ -204,6 +210,7 @@ def quantize_cmd(
     time_budget: float | None,
     batch_size: int,
     lr: float,
+    feature_weight: float | None,
     eval_path: str | None,
     mean: str | None,
     std: str | None,
@@ -235,6 +242,7 @@ def quantize_cmd(
         seed=seed,
         device=device,
         checkpoint_every_s=checkpoint_every * 60,
+        feature_weight=TrainConfig().feature_weight if feature_weight is None else feature_weight,
     )
     data = DataConfig(
         proxy=proxy, eval=eval_path, mean=_floats(mean, "--mean"), std=_floats(std, "--std")

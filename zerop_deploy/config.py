@@ -124,6 +124,8 @@ class TrainConfig:
         device: "auto", "cpu" or "cuda".
         checkpoint_every_s: Seconds between checkpoints.
         augment: Random crops and flips of the training images.
+        feature_weight: Weight of the feature-matching term (normalised MSE between the outputs
+            of every quantized layer and the teacher's, after BatchNorm); 0 disables it.
     """
 
     steps: int = 500
@@ -137,8 +139,11 @@ class TrainConfig:
     device: str = "auto"
     checkpoint_every_s: float = 120.0
     augment: bool = True
+    feature_weight: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.feature_weight < 0:
+            raise ConfigError(f"feature weight {self.feature_weight}: must be >= 0")
         if not 1 <= self.steps <= 10_000_000:
             raise ConfigError(f"--steps {self.steps}: must be between 1 and 10,000,000")
         if self.time_budget_s is not None and not 0 < self.time_budget_s <= 30 * 86400:

@@ -135,6 +135,7 @@ def train(
     fingerprint: str = "",
     resume: bool = False,
     progress: bool = True,
+    feature_pairs: list[tuple[str, str]] | None = None,
 ) -> TrainResult:
     """Fine-tune ``student`` to mimic ``teacher`` for ``cfg.steps`` steps or ``cfg.time_budget_s``.
 
@@ -148,14 +149,16 @@ def train(
         fingerprint: Identity of the run's settings, stored in and checked against checkpoints.
         resume: Continue from ``checkpoint`` if it exists.
         progress: Show a progress bar on stderr.
+        feature_pairs: ``(teacher module, student module)`` names whose outputs are matched when
+            ``cfg.feature_weight`` > 0 (the teacher's BatchNorm output against the student's folded
+            Conv, for instance).
 
     Returns:
         Steps done, wall time and throughput.
     """
     teacher.eval().to(device)
-    student.eval().to(
-        device
-    )  # no BatchNorm left in the student: eval keeps converters deterministic
+    # no BatchNorm is left in the student: eval mode keeps the converted modules deterministic
+    student.eval().to(device)
     _trainable(student)
     rank, world = distributed_context(device)
     model: nn.Module = student
@@ -190,18 +193,59 @@ def train(
                 },
             )
 
-    return _loop(
-        teacher,
-        model,
-        batch,
-        cfg,
-        opt,
-        device,
-        start_step,
-        elapsed0,
-        snapshot,
-        progress and rank == 0,
-    )
+    taps = _FeatureTaps(teacher, student, feature_pairs or [] if cfg.feature_weight > 0 else [])
+    try:
+        return _loop(
+            teacher,
+            model,
+            batch,
+            cfg,
+            opt,
+            device,
+            start_step,
+            elapsed0,
+            snapshot,
+            progress and rank == 0,
+            taps,
+        )
+    finally:
+        taps.remove()
+
+
+class _FeatureTaps:
+    """Forward hooks that keep the outputs of matched teacher/student modules for one step."""
+
+    def __init__(self, teacher: nn.Module, student: nn.Module, pairs: list[tuple[str, str]]):
+        self.teacher: dict[str, torch.Tensor] = {}
+        self.student: dict[str, torch.Tensor] = {}
+        self.pairs = pairs
+        self.handles = []
+        for t_name, s_name in pairs:
+            self.handles.append(
+                teacher.get_submodule(t_name).register_forward_hook(
+                    lambda _m, _i, out, k=t_name: self.teacher.__setitem__(k, out)
+                )
+            )
+            self.handles.append(
+                student.get_submodule(s_name).register_forward_hook(
+                    lambda _m, _i, out, k=s_name: self.student.__setitem__(k, out)
+                )
+            )
+
+    def loss(self) -> torch.Tensor | None:
+        """Mean over pairs of ``MSE(student, teacher) / mean(teacher^2)``; None without pairs."""
+        if not self.pairs:
+            return None
+        terms = []
+        for t_name, s_name in self.pairs:
+            t, s = self.teacher.pop(t_name), self.student.pop(s_name)
+            terms.append(F.mse_loss(s, t) / (t.pow(2).mean() + 1e-8))
+        return torch.stack(terms).mean()
+
+    def remove(self) -> None:
+        """Detach the hooks."""
+        for h in self.handles:
+            h.remove()
 
 
 def _lr_factor(step: int, steps: int, elapsed: float, budget: float | None) -> float:
@@ -211,7 +255,7 @@ def _lr_factor(step: int, steps: int, elapsed: float, budget: float | None) -> f
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, frac)))
 
 
-def _loop(teacher, student, batch, cfg, opt, device, step, elapsed0, snapshot, progress):
+def _loop(teacher, student, batch, cfg, opt, device, step, elapsed0, snapshot, progress, taps):
     from tqdm import tqdm
 
     t0, last_ckpt, images, loss_val = time.monotonic(), time.monotonic(), 0, float("nan")
@@ -236,6 +280,9 @@ def _loop(teacher, student, batch, cfg, opt, device, step, elapsed0, snapshot, p
             with torch.no_grad():
                 target = teacher(x)
             loss = kd_loss(student(x), target, cfg.temperature)
+            features = taps.loss()
+            if features is not None:
+                loss = loss + cfg.feature_weight * features
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
