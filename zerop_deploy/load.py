@@ -29,6 +29,14 @@ from zerop_deploy.errors import InputError, UnsupportedModelError, ValidationErr
 if TYPE_CHECKING:
     import torch
 
+# onnx2torch's Slice indexes with a list, which torch >= 2.9 warns about on every forward pass; the
+# result is still correct (checked by every parity test), so users should not see it on each step.
+warnings.filterwarnings(
+    "ignore",
+    message="Using a non-tuple sequence for multidimensional indexing",
+    category=UserWarning,
+)
+
 DEFAULT_BATCH = 2
 """Batch size used for a dynamic leading dimension when a random input is made."""
 
