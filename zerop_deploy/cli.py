@@ -158,7 +158,7 @@ def _floats(value: str | None, option: str) -> tuple[float, ...] | None:
     "--feature-weight",
     type=float,
     default=None,
-    help="Weight of layer-output matching added to the logit distillation (default: 0).",
+    help="Weight of layer-output matching added to the logit distillation (default: 1; 0 = off).",
 )
 @click.option(
     "--eval",

@@ -139,7 +139,7 @@ class TrainConfig:
     device: str = "auto"
     checkpoint_every_s: float = 120.0
     augment: bool = True
-    feature_weight: float = 0.0
+    feature_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if self.feature_weight < 0:
