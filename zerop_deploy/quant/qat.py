@@ -233,13 +233,17 @@ class _FeatureTaps:
             )
 
     def loss(self) -> torch.Tensor | None:
-        """Mean over pairs of ``MSE(student, teacher) / mean(teacher^2)``; None without pairs."""
+        """Mean over pairs and images of ``MSE(student, teacher) / mean(teacher^2)``, per image.
+
+        Normalising per image keeps the loss a plain mean over the batch, so torchrun's shards
+        average to exactly the single-process loss. None without pairs.
+        """
         if not self.pairs:
             return None
         terms = []
         for t_name, s_name in self.pairs:
-            t, s = self.teacher.pop(t_name), self.student.pop(s_name)
-            terms.append(F.mse_loss(s, t) / (t.pow(2).mean() + 1e-8))
+            t, s = self.teacher.pop(t_name).flatten(1), self.student.pop(s_name).flatten(1)
+            terms.append(((s - t).pow(2).mean(1) / (t.pow(2).mean(1) + 1e-8)).mean())
         return torch.stack(terms).mean()
 
     def remove(self) -> None:
