@@ -200,6 +200,11 @@ def quantize(
     from zerop_deploy.quant.student import layer_quants
 
     rank, world = distributed_context(device)
+    if world > 1:  # every rank is done training: leave the process group cleanly, together
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
     if rank != 0:  # torchrun: rank 0 exports, validates and writes the report
         return {}
 
