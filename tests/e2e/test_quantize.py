@@ -157,7 +157,7 @@ def test_kill_9_then_resume_gives_the_same_model(workdir, tmp_path):
         "--proxy",
         str(workdir / "proxy.npz"),
         "--steps",
-        "60",
+        "200",
         "--checkpoint-every",
         "0",
         "--quiet",
@@ -177,7 +177,7 @@ def test_kill_9_then_resume_gives_the_same_model(workdir, tmp_path):
     deadline = time.time() + 240
     while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
-    time.sleep(0.5)
+    time.sleep(0.2)
     assert proc.poll() is None, "the run finished before it could be killed; raise --steps"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
