@@ -1,29 +1,347 @@
-"""Image sources: ``.npz`` / ``.npy`` arrays and image folders, preprocessed to the model's input.
+"""Image sources (``.npz``, ``.npy``, image folders, the built-in pool) streamed to the model input.
 
-Images become float32 NCHW tensors in [0, 1] at the model's input size and channel count (bilinear,
-antialiased resizing of the shorter side then a center crop; gray <-> RGB by replication or
-luminance).
-Models whose graph does not normalise its own input take ``mean``/``std`` (in [0, 1] units).
+:func:`open_source` validates a source and returns an :class:`ImageSource` that decodes images only
+when read, so a folder of 100k images never sits in memory at once: ``.npy`` files are memory
+mapped, folders are listed and decoded batch by batch. :func:`load_pool` reads a random subset,
+:func:`iter_batches` streams a source in order.
+
+Every image is fitted to the model input (C, H, W) the same way (:func:`fit_images`): the shorter
+side is resized (bilinear, antialiased) so the image covers H x W, then center cropped; an alpha
+channel is dropped; gray becomes RGB by replication, RGB becomes gray by luminance
+(0.299, 0.587, 0.114). Fitted images stay uint8; :func:`normalize` turns them into float32 in
+[0, 1] and applies ``mean``/``std`` (in [0, 1] units) for models whose graph does not normalise its
+own input.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from zerop_deploy.errors import InputError
+from zerop_deploy._arrays import FIX, check_array, open_npz
+from zerop_deploy.errors import ConfigError, InputError, UnsupportedModelError
 
+BUILTIN = "builtin"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+_LUMA = (0.299, 0.587, 0.114)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
+class ImageSource:
+    """An opened, validated image source; images are decoded only when read.
+
+    Attributes:
+        name: The path as given, or ``"builtin"``.
+        kind: ``"npz"``, ``"npy"``, ``"folder"`` or ``"builtin"``.
+        count: Number of images (for a folder: files with an image suffix; some may turn out
+            unreadable when read).
+        labels: int64 [count], or None. Folders have labels when every file sits in a class
+            subfolder (ImageFolder style: the sorted top-level subfolder names are classes 0..K-1).
+    """
+
+    name: str
+    kind: str
+    count: int
+    labels: np.ndarray | None = field(repr=False)
+    _array: np.ndarray | None = field(default=None, repr=False)  # N x H x W x C uint8 (memmap)
+    _files: tuple[str, ...] = field(default=(), repr=False)
+    _seed: int = field(default=0, repr=False)
+
+    def read(
+        self, indices: Sequence[int] | np.ndarray, chw: tuple[int, int, int]
+    ) -> tuple[torch.Tensor, np.ndarray]:
+        """Decode the images at ``indices``, fitted to the model input ``chw = (C, H, W)``.
+
+        Returns:
+            A uint8 tensor N x C x H x W and the int64 indices actually read, in the order asked.
+            Unreadable or corrupt files (folders only) are left out of both.
+
+        Raises:
+            IndexError: An index is outside ``[0, count)``.
+        """
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if len(idx) and (idx.min() < 0 or idx.max() >= self.count):
+            raise IndexError(f"{self.name}: indices must lie in [0, {self.count})")
+        if self.kind == BUILTIN:
+            from zerop_deploy._builtin_pool import render
+
+            return render(idx, chw, self._seed), idx
+        if self.kind == "folder":
+            return _read_files([self._files[i] for i in idx], idx, chw)
+        assert self._array is not None
+        return fit_images(self._array[idx], chw), idx
+
+
+@dataclass(frozen=True, eq=False)
+class Pool:
+    """Images read from a source, fitted to the model input.
+
+    Attributes:
+        images: uint8 N x C x H x W at the model input size.
+        labels: int64 [N] aligned with ``images``, or None.
+        source: The source's name.
+        total: Number of images in the source.
+        skipped: Unreadable files met while reading.
+    """
+
+    images: torch.Tensor
+    labels: np.ndarray | None
+    source: str
+    total: int
+    skipped: int
+
+
+def open_source(
+    path: str | os.PathLike[str], *, builtin_images: int = 4096, seed: int = 0
+) -> ImageSource:
+    """Validate and open an image source without decoding its images.
+
+    The string ``"builtin"`` always means the built-in pool of ``builtin_images`` random crops of
+    public photos (see ``zerop_deploy._builtin_pool``), even where a file of that name exists; pass
+    ``"./builtin"`` or a ``Path`` for such a file. ``.npy`` files are memory mapped; a ``.npz``
+    whose ``images`` member is stored uncompressed (``np.savez``) is memory mapped too, while a
+    compressed one (``np.savez_compressed``) is read whole.
+
+    Args:
+        path: A folder of images (jpg, jpeg, png, bmp, webp; searched recursively), a ``.npz`` with
+            ``images`` (uint8 N x H x W x C or N x H x W) and optional ``labels``, a ``.npy`` of
+            images, or ``"builtin"``.
+        builtin_images: Size of the built-in pool.
+        seed: Seed of the built-in pool's crops.
+
+    Raises:
+        InputError: Missing path, unknown suffix, ``.npz`` without ``images``, unreadable file,
+            non-uint8 images, wrong rank or channel count (not 1, 3 or 4), no images, or a folder
+            without image files. A folder where no file decodes is found when reading.
+    """
+    if isinstance(path, str) and path == BUILTIN:
+        return _open_builtin(builtin_images, seed)
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p}: no such file or folder; {FIX}")
+    if p.is_dir():
+        return _open_folder(p)
+    suffix = p.suffix.lower()
+    if suffix == ".npz":
+        images, labels = open_npz(p)
+    elif suffix == ".npy":
+        try:
+            images, labels = np.load(p, mmap_mode="r", allow_pickle=False), None
+        except (OSError, ValueError, EOFError) as e:
+            raise InputError(f"{p}: cannot read the .npy ({e}); {FIX}") from e
+    else:
+        raise InputError(f"{p}: unknown image source suffix '{p.suffix}'; {FIX}")
+    images = check_array(images, p)
+    if labels is not None:
+        labels = np.asarray(labels).astype(np.int64).reshape(-1)
+        if len(labels) != len(images):
+            raise InputError(f"{p}: {len(labels)} labels for {len(images)} images")
+    return ImageSource(str(path), suffix[1:], len(images), labels, _array=images)
+
+
+def _open_builtin(n: int, seed: int) -> ImageSource:
+    from zerop_deploy._builtin_pool import photo_paths
+
+    if n < 1:
+        raise ConfigError(f"builtin_images must be at least 1, got {n}")
+    photo_paths()  # fail now, naming the package to install, rather than when reading
+    return ImageSource(BUILTIN, BUILTIN, n, None, _seed=seed)
+
+
+def _open_folder(p: Path) -> ImageSource:
+    files = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+    if not files:
+        raise InputError(f"{p}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder; {FIX}")
+    top = [f.relative_to(p).parts for f in files]
+    labels = None
+    if all(len(parts) > 1 for parts in top):
+        classes = sorted({parts[0] for parts in top})
+        index = {c: k for k, c in enumerate(classes)}
+        labels = np.array([index[parts[0]] for parts in top], dtype=np.int64)
+    return ImageSource(str(p), "folder", len(files), labels, _files=tuple(map(str, files)))
+
+
+def _decode(path: str, chw: tuple[int, int, int]) -> np.ndarray | None:
+    """One file as uint8 H x W x C (C is 1 or 3), or None when it cannot be decoded."""
+    from PIL import Image
+
+    mode = "L" if chw[0] == 1 else "RGB"
+    try:
+        with Image.open(path) as im:
+            if im.format == "JPEG":
+                im.draft(mode, (chw[2], chw[1]))  # DCT scaling, still covering W x H
+            arr = np.asarray(im.convert(mode), dtype=np.uint8)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return None
+    return arr.reshape(arr.shape[0], arr.shape[1], -1)
+
+
+def _read_files(
+    files: list[str], idx: np.ndarray, chw: tuple[int, int, int]
+) -> tuple[torch.Tensor, np.ndarray]:
+    out, kept = [], []
+    for f, i in zip(files, idx.tolist(), strict=True):
+        arr = _decode(f, chw)
+        if arr is not None and arr.shape[0] > 0 and arr.shape[1] > 0:
+            out.append(fit_images(arr[None], chw))
+            kept.append(i)
+    images = torch.cat(out) if out else torch.empty((0, *chw), dtype=torch.uint8)
+    return images, np.asarray(kept, dtype=np.int64)
+
+
+def fit_images(images: np.ndarray, chw: tuple[int, int, int]) -> torch.Tensor:
+    """Fit uint8 N x H x W x C images (C in 1, 3, 4) to ``chw``: uint8 N x C x H x W.
+
+    Resizes (bilinear, antialiased) so the image covers H x W, center crops, drops alpha,
+    replicates gray to RGB or takes RGB luminance for gray; rounds back to uint8.
+
+    Raises:
+        UnsupportedModelError: The model input has neither 1 nor 3 channels.
+    """
+    c, h, w = chw
+    if c not in (1, 3):
+        raise UnsupportedModelError(f"model input has {c} channels; only 1 or 3 are supported")
+    images = np.ascontiguousarray(images)
+    if not images.flags.writeable:  # memory maps, decoded PIL buffers: torch wants writable
+        images = images.copy()
+    x = torch.from_numpy(images).permute(0, 3, 1, 2)
+    x = x[:, :3]
+    if x.shape[1:] in ((c, h, w), (1, h, w)):
+        return x.expand(-1, c, -1, -1).clone(memory_format=torch.contiguous_format)
+    y = x.float()
+    if y.shape[1] == 3 and c == 1:
+        y = (y * torch.tensor(_LUMA).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    if y.shape[2:] != (h, w):
+        scale = max(h / y.shape[2], w / y.shape[3])
+        size = (max(h, round(y.shape[2] * scale)), max(w, round(y.shape[3] * scale)))
+        y = F.interpolate(y, size=size, mode="bilinear", antialias=True, align_corners=False)
+        top, left = (y.shape[2] - h) // 2, (y.shape[3] - w) // 2
+        y = y[:, :, top : top + h, left : left + w]
+    y = y.round().clamp(0, 255).to(torch.uint8)
+    return y.expand(-1, c, -1, -1).contiguous()
+
+
+def normalize(
+    images: torch.Tensor,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> torch.Tensor:
+    """Turn uint8 (or float in [0, 1]) N x C x H x W into float32 [0, 1], then ``(x - mean) / std``.
+
+    ``mean`` and ``std`` are per channel (or one value for all); a missing one means 0 or 1.
+
+    Raises:
+        ConfigError: ``mean`` or ``std`` has neither 1 nor C values, or ``std`` is not positive.
+    """
+    x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+    if mean is None and std is None:
+        return x
+    c = x.shape[1]
+    for name, v in (("mean", mean), ("std", std)):
+        if v is not None and len(v) not in (1, c):
+            raise ConfigError(f"--{name} has {len(v)} values; the model input has {c} channels")
+    if std is not None and not all(v > 0 for v in std):
+        raise ConfigError(f"--std values must be positive, got {tuple(std)}")
+    m = torch.tensor(mean if mean is not None else (0.0,), dtype=torch.float32).view(1, -1, 1, 1)
+    s = torch.tensor(std if std is not None else (1.0,), dtype=torch.float32).view(1, -1, 1, 1)
+    return (x - m) / s
+
+
+def load_pool(
+    source: ImageSource,
+    chw: tuple[int, int, int],
+    *,
+    limit: int | None = None,
+    seed: int = 0,
+    batch: int = 256,
+) -> Pool:
+    """Read ``limit`` images chosen at random from ``source`` (all of them when ``limit`` is None).
+
+    The choice is a deterministic function of ``seed``; images are read ``batch`` at a time in
+    index order, so only the chosen images (uint8 at model size) are ever held. Unreadable files
+    are replaced by further random picks while any are left.
+
+    Raises:
+        InputError: Nothing in the source could be read.
+    """
+    n = source.count
+    want = n if limit is None else max(0, min(limit, n))
+    order = np.arange(n) if want == n else np.random.default_rng(seed).permutation(n)
+    out = torch.empty((want, *chw), dtype=torch.uint8)
+    got: list[np.ndarray] = []
+    filled = pos = 0
+    while filled < want and pos < n:
+        chosen = np.sort(order[pos : pos + want - filled])
+        pos += len(chosen)
+        for start in range(0, len(chosen), batch):
+            images, idx = source.read(chosen[start : start + batch], chw)
+            out[filled : filled + len(idx)] = images
+            filled += len(idx)
+            got.append(idx)
+    if want and not filled:
+        raise InputError(
+            f"{source.name}: none of the {n} image files could be read (corrupt, or not "
+            f"{'/'.join(s[1:] for s in IMAGE_SUFFIXES)}); {FIX}"
+        )
+    read = np.concatenate(got) if got else np.empty(0, np.int64)
+    return Pool(
+        images=out if filled == want else out[:filled].clone(),
+        labels=None if source.labels is None else source.labels[read],
+        source=source.name,
+        total=n,
+        skipped=pos - filled,
+    )
+
+
+def iter_batches(
+    source: ImageSource,
+    chw: tuple[int, int, int],
+    *,
+    batch: int = 256,
+    limit: int | None = None,
+) -> Iterator[Pool]:
+    """Stream the first ``limit`` images of ``source`` (all when None), in order, as Pool chunks.
+
+    Each chunk covers up to ``batch`` consecutive indices; unreadable files are left out, so a
+    chunk may hold fewer images (empty chunks are not yielded: their skips count in the next
+    chunk, or the previous one at the end). The chunks' ``skipped`` add up to all skips.
+
+    Raises:
+        InputError: Nothing in the source could be read (after the whole source was tried).
+    """
+    n = source.count if limit is None else max(0, min(limit, source.count))
+    pending: Pool | None = None
+    carry = 0
+    for start in range(0, n, batch):
+        idx = np.arange(start, min(start + batch, n))
+        images, got = source.read(idx, chw)
+        skipped = len(idx) - len(got)
+        if not len(got):
+            if pending is None:
+                carry += skipped
+            else:
+                pending = replace(pending, skipped=pending.skipped + skipped)
+            continue
+        if pending is not None:
+            yield pending
+        labels = None if source.labels is None else source.labels[got]
+        pending = Pool(images, labels, source.name, source.count, skipped + carry)
+        carry = 0
+    if pending is None and n:
+        raise InputError(f"{source.name}: none of the {n} image files could be read; {FIX}")
+    if pending is not None:
+        yield pending
+
+
+@dataclass(frozen=True, eq=False)
 class ImageSet:
-    """Decoded images (uint8 NHWC) with optional integer labels and a count of skipped files."""
+    """Images (uint8 NHWC) with optional integer labels and a count of skipped files."""
 
     images: np.ndarray
     labels: np.ndarray | None
@@ -31,81 +349,27 @@ class ImageSet:
     skipped: int = 0
 
 
-def load_images(path: str | os.PathLike[str], *, limit: int | None = None) -> ImageSet:
-    """Read an ``.npz`` (``images`` + optional ``labels``), an ``.npy`` or a folder of images.
+def load_images(
+    path: str | os.PathLike[str], *, limit: int | None = None, size: int = 64
+) -> ImageSet:
+    """Read the first ``limit`` images of a source whole into memory (a convenience for small sets).
+
+    Arrays keep their own size and channels; folder images and the built-in pool are fitted to RGB
+    ``size`` x ``size`` (resize + center crop, see :func:`fit_images`). Prefer :func:`open_source`
+    with :func:`load_pool` or :func:`iter_batches` for anything big.
 
     Raises:
-        InputError: Missing path, unreadable file, wrong keys/dtype/rank, or no image at all.
+        InputError: See :func:`open_source`; also when no folder image could be read.
     """
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"{p}: no such file or folder; pass an image folder, .npz or .npy")
-    if p.is_dir():
-        return _load_folder(p, limit)
-    if p.suffix == ".npz":
-        try:
-            with np.load(p, allow_pickle=False) as z:
-                if "images" not in z.files:
-                    raise InputError(
-                        f"{p}: .npz has no 'images' array (keys: {', '.join(z.files)})"
-                    )
-                images = z["images"]
-                labels = z["labels"] if "labels" in z.files else None
-        except (OSError, ValueError) as e:
-            raise InputError(f"{p}: cannot read the .npz ({e})") from e
-    elif p.suffix == ".npy":
-        try:
-            images, labels = np.load(p, allow_pickle=False), None
-        except (OSError, ValueError) as e:
-            raise InputError(f"{p}: cannot read the .npy ({e})") from e
-    else:
-        raise InputError(f"{p}: unknown image source; use a folder of images, a .npz or a .npy")
-    images = _check_array(images, p)
-    if labels is not None:
-        labels = np.asarray(labels).astype(np.int64).reshape(-1)
-        if len(labels) != len(images):
-            raise InputError(f"{p}: {len(labels)} labels for {len(images)} images")
-    if limit is not None:
-        images, labels = images[:limit], None if labels is None else labels[:limit]
-    return ImageSet(images=images, labels=labels, source=str(p))
-
-
-def _check_array(images: np.ndarray, p: Path) -> np.ndarray:
-    if images.dtype != np.uint8:
-        raise InputError(f"{p}: images must be uint8 (0..255), got {images.dtype}")
-    if images.ndim == 3:
-        images = images[..., None]
-    if images.ndim != 4:
-        raise InputError(f"{p}: images must be N x H x W x C, got shape {images.shape}")
-    if images.shape[-1] not in (1, 3, 4):
-        raise InputError(f"{p}: images have {images.shape[-1]} channels; use 1 (gray), 3 or 4")
-    if len(images) == 0:
-        raise InputError(f"{p}: holds no images")
-    return images
-
-
-def _load_folder(p: Path, limit: int | None) -> ImageSet:
-    from PIL import Image
-
-    files = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
-    classes = sorted({f.parent.name for f in files}) if all(f.parent != p for f in files) else []
-    images, labels, skipped = [], [], 0
-    for f in files[: limit or None]:
-        try:
-            with Image.open(f) as im:
-                im.draft("RGB", (256, 256))
-                images.append(np.asarray(im.convert("RGB").resize((64, 64)), dtype=np.uint8))
-            labels.append(classes.index(f.parent.name) if classes else -1)
-        except (OSError, ValueError, Image.DecompressionBombError):
-            skipped += 1
-    if not images:
-        raise InputError(f"{p}: no readable image (jpg, png, bmp, webp) in this folder")
-    return ImageSet(
-        images=np.stack(images),
-        labels=np.asarray(labels) if classes else None,
-        source=str(p),
-        skipped=skipped,
-    )
+    src = open_source(path)
+    n = src.count if limit is None else min(limit, src.count)
+    if src._array is not None:
+        labels = None if src.labels is None else src.labels[:n]
+        return ImageSet(np.array(src._array[:n]), labels, src.name)
+    chunks = list(iter_batches(src, (3, size, size), limit=n))
+    labels = None if src.labels is None else np.concatenate([c.labels for c in chunks])
+    images = torch.cat([c.images for c in chunks]).permute(0, 2, 3, 1).numpy()
+    return ImageSet(images, labels, src.name, sum(c.skipped for c in chunks))
 
 
 def to_model_input(
@@ -115,71 +379,5 @@ def to_model_input(
     mean: tuple[float, ...] | None = None,
     std: tuple[float, ...] | None = None,
 ) -> torch.Tensor:
-    """Turn uint8 NHWC images into float32 NCHW of ``shape = (C, H, W)``, values in [0, 1]."""
-    c, h, w = shape
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
-    if x.shape[1] == 4:
-        x = x[:, :3]
-    if x.shape[1] == 1 and c == 3:
-        x = x.expand(-1, 3, -1, -1)
-    elif x.shape[1] == 3 and c == 1:
-        x = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
-    if x.shape[2:] != (h, w):
-        scale = max(h / x.shape[2], w / x.shape[3])
-        size = (max(h, round(x.shape[2] * scale)), max(w, round(x.shape[3] * scale)))
-        x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
-        top, left = (x.shape[2] - h) // 2, (x.shape[3] - w) // 2
-        x = x[:, :, top : top + h, left : left + w]
-    x = x.clamp(0, 1).contiguous()
-    if mean is not None or std is not None:
-        m = torch.tensor(mean or (0.0,) * c).view(1, -1, 1, 1)
-        s = torch.tensor(std or (1.0,) * c).view(1, -1, 1, 1)
-        x = (x - m) / s
-    return x
-
-
-def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Random shifts (reflect-padded crops of 1/8 of the size) and horizontal flips, per image."""
-    n, _, h, w = x.shape
-    ph, pw = max(1, h // 8), max(1, w // 8)
-    padded = F.pad(x, (pw, pw, ph, ph), mode="reflect")
-    dy = torch.randint(0, 2 * ph + 1, (n,), generator=gen)
-    dx = torch.randint(0, 2 * pw + 1, (n,), generator=gen)
-    rows = (dy[:, None] + torch.arange(h)[None, :])[:, None, :, None].expand(
-        n, x.shape[1], h, w + 2 * pw
-    )
-    out = padded.gather(2, rows)
-    cols = (dx[:, None] + torch.arange(w)[None, :])[:, None, None, :].expand(n, x.shape[1], h, w)
-    out = out.gather(3, cols)
-    flip = torch.rand(n, generator=gen) < 0.5
-    out[flip] = out[flip].flip(3)
-    return out
-
-
-def batch_fn(
-    images: torch.Tensor,
-    batch_size: int,
-    *,
-    seed: int,
-    augment_images: bool = True,
-    synthetic: torch.Tensor | None = None,
-    sd_ratio: float = 0.0,
-):
-    """Make a deterministic ``batch(step) -> tensor`` over ``images`` (and ``synthetic``).
-
-    The batch of step ``s`` depends only on ``(seed, s)``, so resumed runs see the same data.
-    """
-    n_sd = round(batch_size * sd_ratio) if synthetic is not None and len(synthetic) else 0
-    n_pd = batch_size - n_sd
-
-    def batch(step: int) -> torch.Tensor:
-        gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
-        parts = []
-        if n_pd:
-            parts.append(images[torch.randint(0, len(images), (n_pd,), generator=gen)])
-        if n_sd:
-            parts.append(synthetic[torch.randint(0, len(synthetic), (n_sd,), generator=gen)])
-        x = torch.cat(parts)
-        return augment(x, gen) if augment_images else x
-
-    return batch
+    """Turn uint8 NHWC images into float32 NCHW of ``shape = (C, H, W)``: fit, then normalize."""
+    return normalize(fit_images(images, shape), mean, std)
