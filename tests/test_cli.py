@@ -93,7 +93,14 @@ def test_version():
 @pytest.mark.parametrize(
     "extra, needle",
     [
-        ([], "no proxy data"),
+        (["--proxy", "auto"], "--candidates"),
+        (["--proxy", "none"], "--synthetic"),
+        (["--proxy", "auto", "x.npz"], "stands alone"),
+        (["--candidates", "x.npz"], "--proxy auto"),
+        (["--proxy", "auto", "--candidates", "/nonexistent/c"], "/nonexistent/c"),
+        (["--proxy", "auto", "--candidates", "x.npz", "--samples", "0"], "--samples"),
+        (["--proxy", "x.npz", "--proxy-images", "0"], "--proxy-images"),
+        (["--proxy", "x.npz", "--eval", "x.npz"], "labelled"),
         (["--proxy", "/nonexistent/p.npz"], "/nonexistent/p.npz"),
         (["--proxy", "x.npz", "--steps", "0"], "--steps 0"),
         (["--proxy", "x.npz", "--steps", "-3"], "--steps -3"),

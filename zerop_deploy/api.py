@@ -7,25 +7,21 @@ exports the QDQ model into the original graph, checks it in onnxruntime and writ
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import sys
 import time
-from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import numpy as np
 import torch
 
+from zerop_deploy._report import training_section
 from zerop_deploy.config import DataConfig, QuantConfig, TrainConfig
 from zerop_deploy.errors import ConfigError, InputError, QualityGateError
-from zerop_deploy.fileio import atomic_write_text, check_output_path
-
-if TYPE_CHECKING:
-    import onnx
+from zerop_deploy.fileio import atomic_write_bytes, atomic_write_text, check_output_path
 
 _SUFFIX = {(4, 4): ".int4.onnx", (8, 8): ".int8.onnx", (4, 8): ".w4a8.onnx"}
 
@@ -58,52 +54,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-@dataclass
-class _Images:
-    train: torch.Tensor
-    holdout: torch.Tensor
-    eval: torch.Tensor | None
-    eval_labels: np.ndarray | None
-    proxy_source: str
-    skipped: int
-
-
-def _input_chw(proto: onnx.ModelProto, source: str) -> tuple[int, int, int]:
-    from zerop_deploy.load import graph_inputs, input_shape
-
-    inputs = graph_inputs(proto)
-    if len(inputs) != 1:
-        raise InputError(
-            f"{source}: the model has {len(inputs)} inputs; quantize needs one image input"
-        )
-    shape = input_shape(inputs[0], batch=1, source=source)
-    if len(shape) != 4:
-        raise InputError(
-            f"{source}: input '{inputs[0].name}' has shape {shape}; expected N x C x H x W"
-        )
-    return shape[1], shape[2], shape[3]
-
-
-def _load_images(data: DataConfig, chw: tuple[int, int, int], seed: int) -> _Images:
-    from zerop_deploy.data import load_images, to_model_input
-
-    assert data.proxy is not None  # checked by quantize()
-    proxy = load_images(data.proxy)
-    x = to_model_input(proxy.images, chw, mean=data.mean, std=data.std)
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-    n_hold = min(1000, int(len(x) * data.holdout))
-    hold, train = x[perm[:n_hold]], x[perm[n_hold:]]
-    ev, labels = None, None
-    if data.eval is not None:
-        es = load_images(data.eval)
-        if es.labels is None:
-            raise InputError(
-                f"{data.eval}: --eval needs labelled images (.npz 'labels' or class folders)"
-            )
-        ev, labels = to_model_input(es.images, chw, mean=data.mean, std=data.std), es.labels
-    return _Images(train, hold, ev, labels, proxy.source, proxy.skipped)
-
-
 def _fingerprint(model: Path, quant: QuantConfig, train: TrainConfig, data: DataConfig) -> str:
     h = hashlib.sha256(model.read_bytes())
     t = {k: v for k, v in train.to_dict().items() if k not in ("device", "checkpoint_every_s")}
@@ -115,16 +65,6 @@ def _say(progress: bool, message: str) -> None:
     """One progress line on stderr when it is a terminal (stdout stays free for --json)."""
     if progress and sys.stderr.isatty():
         print(f"zerop-deploy: {message}", file=sys.stderr, flush=True)
-
-
-def _versions() -> dict[str, str]:
-    out = {}
-    for pkg in ("zerop-deploy", "torch", "onnx", "onnxruntime", "onnx2torch", "numpy"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
 
 
 def quantize(
@@ -164,29 +104,28 @@ def quantize(
         raise ConfigError(f"--min-agreement {min_agreement}: must be a fraction in [0, 1]")
     device = resolve_device(train.device)
     torch.manual_seed(train.seed)
-    if data.proxy is None:
-        raise InputError("no proxy data: pass --proxy PATH (a folder of images, a .npz or a .npy)")
-    for path in (data.proxy, data.eval):
-        if path is not None and not Path(path).exists():
-            raise InputError(f"{path}: no such file or folder; pass an image folder, .npz or .npy")
+    from zerop_deploy._proxy import open_sources, proxy_data
+    from zerop_deploy.load import image_input_chw, load_model
 
-    from zerop_deploy.load import load_model
-
-    _say(progress, f"reading and converting {src}")
+    open_sources(tuple(p for p in data.proxy if p not in ("auto", "none")), data, train.seed)
+    open_sources(data.candidates, data, train.seed)
+    if data.eval is not None and open_sources((data.eval,), data, train.seed)[0].labels is None:
+        raise InputError(
+            f"{data.eval}: --eval needs labelled images (.npz 'labels' or class folders)"
+        )
+    say = functools.partial(_say, progress)
+    say(f"reading and converting {src}")
     loaded = load_model(src)
     proto, teacher = loaded.proto, loaded.module
-    chw = _input_chw(proto, str(src))
-    images = _load_images(data, chw, train.seed)
-    _say(
-        progress,
-        f"{len(images.train)} proxy images for training, {len(images.holdout)} held back"
-        + (f", {len(images.eval)} for evaluation" if images.eval is not None else ""),
-    )
+    chw = image_input_chw(proto, str(src))
+    proxy = proxy_data(data, teacher, proto, chw, train.seed, say)
+    say(f"{len(proxy.train)} proxy images for training, {len(proxy.holdout)} held back")
     t_start = time.monotonic()
     student, plan, result = _fine_tune(
         teacher,
         proto,
-        images,
+        proxy,
+        data,
         quant,
         train,
         device,
@@ -208,15 +147,14 @@ def quantize(
     if rank != 0:  # torchrun: rank 0 exports, validates and writes the report
         return {}
 
-    _say(progress, f"exporting {out}")
+    say(f"exporting {out}")
     qproto = export_qdq(proto, layer_quants(student, plan, proto), int32_bias=True)
     save_qdq(qproto, out)
-    _say(progress, "validating the exported model in onnxruntime")
-    doc = _report(
-        src, out, quant, train, data, images, plan, result, device, time.monotonic() - t_start
-    )
+    say("validating the exported model in onnxruntime")
+    doc = _report(src, out, quant, train, data, proxy, plan, device)
+    doc["training"] = training_section(result, time.monotonic() - t_start)
     doc["training"]["processes"] = world
-    doc.update(_validation(proto, qproto, student, images))
+    doc.update(_validation(proto, qproto, student, proxy, data, chw))
     atomic_write_text(rep, json.dumps(doc, indent=2) + "\n")
     ckpt = out.with_name(out.name + ".ckpt")
     if ckpt.exists():
@@ -233,9 +171,10 @@ def quantize(
 
 
 def _fine_tune(
-    teacher, proto, images, quant, train, device, *, checkpoint, fingerprint, resume, progress
+    teacher, proto, proxy, data, quant, train, device, *, checkpoint, fingerprint, resume, progress
 ):
-    from zerop_deploy.data import batch_fn
+    from zerop_deploy.batches import batch_fn
+    from zerop_deploy.data import normalize
     from zerop_deploy.quant.calibrate import calibrate_activations, init_weight_scales
     from zerop_deploy.quant.qat import train as run_training
     from zerop_deploy.quant.student import build_student
@@ -245,10 +184,15 @@ def _fine_tune(
         raise InputError("the model has no layer to quantize (Conv, ConvTranspose, Gemm, MatMul)")
     _say(progress, f"{sum(not p.skipped for p in plan)} layers to quantize; calibrating step sizes")
     init_weight_scales(student)
-    calib = images.train[: train.calib_images]
+    calib = normalize(proxy.train[: train.calib_images], data.mean, data.std)
     calibrate_activations(student, [calib[i : i + 64] for i in range(0, len(calib), 64)])
     batches = batch_fn(
-        images.train, train.batch_size, seed=train.seed, augment_images=train.augment
+        proxy.train,
+        train.batch_size,
+        seed=train.seed,
+        augment_images=train.augment,
+        mean=data.mean,
+        std=data.std,
     )
     result = run_training(
         teacher,
@@ -280,7 +224,9 @@ def _feature_pairs(proto, plan) -> list[tuple[str, str]]:
     ]
 
 
-def _report(src, out, quant, train, data, images, plan, result, device, wall) -> dict[str, Any]:
+def _report(src, out, quant, train, data, proxy, plan, device) -> dict[str, Any]:
+    from zerop_deploy._report import layers_section, versions
+
     return {
         "input": str(src),
         "output": str(out),
@@ -291,64 +237,99 @@ def _report(src, out, quant, train, data, images, plan, result, device, wall) ->
         },
         "device": str(device),
         "seed": train.seed,
-        "proxy": {
-            "method": "path",
-            "chosen": images.proxy_source,
-            "ranking": [],
-            "images": len(images.train),
-            "holdout": len(images.holdout),
-            "skipped_files": images.skipped,
-        },
+        "proxy": proxy.section,
         "synthetic": {"images": 0, "sd_ratio": 0.0},
-        "training": {
-            "steps": result.steps,
-            "wall_seconds": round(result.wall_seconds, 2),
-            "images_per_second": round(result.images_per_second, 1),
-            "final_loss": result.final_loss,
-            "resumed_from_step": result.resumed_from,
-            "total_seconds": round(wall, 2),
-        },
-        "layers": [
-            {
-                "node": p.node,
-                "op": p.op,
-                "wbits": p.wbits,
-                "abits": p.abits,
-                "activation_signed": p.act_signed,
-                "folded_bn": p.folded_bn,
-                **({"skipped": p.skipped} if p.skipped else {}),
-            }
-            for p in plan
-        ],
+        "layers": layers_section(plan),
         "config": {"quant": quant.to_dict(), "train": train.to_dict(), "data": data.to_dict()},
-        "versions": _versions(),
+        "versions": versions(),
     }
 
 
-def _validation(proto, qproto, student, images: _Images) -> dict[str, Any]:
-    from zerop_deploy.validate import run_logits, top1_agreement
+def _validation(proto, qproto, student, proxy, data: DataConfig, chw) -> dict[str, Any]:
+    """Validate on the --eval images (streamed), else on the held-back proxy images."""
+    from zerop_deploy._report import validation_section
+    from zerop_deploy.data import iter_batches, normalize, open_source
 
-    x = images.eval if images.eval is not None else images.holdout
-    if len(x) == 0:
-        x = images.train[:256]
-    xs = x.numpy()
-    with torch.no_grad():
-        student_logits = torch.cat([student(x[i : i + 256]) for i in range(0, len(x), 256)]).numpy()
-    q = run_logits(qproto, xs)
-    ref = run_logits(proto, xs)
+    if data.eval is not None:
+        src = open_source(data.eval)
+        chunks = (
+            (normalize(c.images, data.mean, data.std), c.labels)
+            for c in iter_batches(src, chw, batch=2048)
+        )
+        return validation_section(proto, qproto, student, chunks, "eval")
+    x = proxy.holdout if len(proxy.holdout) else proxy.train[:256]
+    return validation_section(
+        proto, qproto, student, [(normalize(x, data.mean, data.std), None)], "proxy holdout"
+    )
+
+
+def select_proxy(
+    model: str | os.PathLike[str],
+    candidates: list[str] | tuple[str, ...],
+    *,
+    samples: int = 1024,
+    seed: int = 0,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
+    device: str = "auto",
+    plot: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Rank candidate proxy sets by how close they come to the model's stored BN statistics.
+
+    Args:
+        model: The fp32 ``.onnx`` file.
+        candidates: Image sources (folders, .npz, .npy, or "builtin").
+        samples: Images drawn from each candidate.
+        seed: Seed of the draw (and of the built-in pool).
+        mean: Per-channel mean for graphs that do not normalise their input.
+        std: Per-channel std.
+        device: "auto", "cpu" or "cuda".
+        plot: Write a bar chart of the ranking to this PNG.
+        progress: One line per scored candidate on stderr (only on a terminal).
+
+    Returns:
+        The ``select-proxy --json`` document (DESIGN.md): ``{"model", "method", "samples",
+        "ranking": [{"candidate", "distance", "images", ...}]}``, best first. ``method`` is
+        "output" for models without BatchNormalization statistics (BN folded into Conv).
+    """
+    from zerop_deploy._proxy import open_sources
+    from zerop_deploy.load import image_input_chw, load_model
+    from zerop_deploy.stats import rank_candidates
+
+    data = DataConfig(
+        proxy="auto", candidates=tuple(candidates), samples=samples, mean=mean, std=std
+    )
+    if plot is not None:
+        plot = check_output_path(plot, [Path(model), *map(Path, candidates)])
+    sources = open_sources(data.candidates, data, seed)
+    loaded = load_model(model)
+    chw = image_input_chw(loaded.proto, str(model))
+    teacher = loaded.module.to(resolve_device(device)).eval()
+    method, ranking = rank_candidates(
+        teacher,
+        loaded.proto,
+        sources,
+        chw,
+        samples=samples,
+        seed=seed,
+        mean=mean,
+        std=std,
+        on_done=lambda r: _say(progress, f"{r['candidate']}: distance {r['distance']:.4f}"),
+    )
     doc: dict[str, Any] = {
-        "validation": {
-            "images": len(xs),
-            "source": "eval" if images.eval is not None else "proxy holdout",
-            "ort_vs_student_top1_agreement": top1_agreement(q, student_logits),
-            "fp32_vs_quant_top1_agreement": top1_agreement(q, ref),
-            "max_abs_logit_diff": float(np.abs(q - ref).max()),
-        }
+        "model": str(model),
+        "method": method,
+        "samples": samples,
+        "ranking": ranking,
     }
-    if images.eval_labels is not None:
-        labels = images.eval_labels
-        doc["accuracy"] = {
-            "fp32": float((ref.argmax(1) == labels).mean()),
-            "quantized": float((q.argmax(1) == labels).mean()),
-        }
+    if method == "output":
+        doc["note"] = (
+            "the model has no BatchNormalization statistics (BN folded into Conv): candidates "
+            "are scored from the model's outputs (confidence and class spread), a weaker signal"
+        )
+    if plot is not None:
+        from zerop_deploy.plots import ranking_chart
+
+        atomic_write_bytes(plot, ranking_chart(doc))
     return doc

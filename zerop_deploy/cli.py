@@ -7,7 +7,6 @@ on stderr without a traceback. ``--json`` prints one JSON document on stdout and
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,14 +14,9 @@ from typing import Any
 import click
 
 from zerop_deploy import __version__
+from zerop_deploy._cli_util import PROG, fail, floats, print_json
+from zerop_deploy.cli_quantize import quantize_cmd
 from zerop_deploy.errors import QualityGateError, ZeropError
-
-PROG = "zerop-deploy"
-
-
-def _fail(message: str, code: int) -> None:
-    click.echo(f"{PROG}: error: {' '.join(message.split())}", err=True)
-    sys.exit(code)
 
 
 class _Cli(click.Group):
@@ -33,21 +27,17 @@ class _Cli(click.Group):
         try:
             rv = super().main(*args, **kwargs)
         except ZeropError as e:
-            _fail(str(e), e.exit_code)
+            fail(str(e), e.exit_code)
         except click.UsageError as e:
             where = f"{e.ctx.command_path}: " if e.ctx is not None else ""
-            _fail(f"{where}{e.format_message()} (see --help)", 2)
+            fail(f"{where}{e.format_message()} (see --help)", 2)
         except click.ClickException as e:
-            _fail(e.format_message(), e.exit_code)
+            fail(e.format_message(), e.exit_code)
         except click.exceptions.Abort:
-            _fail("interrupted", 130)
+            fail("interrupted", 130)
         except KeyboardInterrupt:
-            _fail("interrupted", 130)
+            fail("interrupted", 130)
         sys.exit(rv if isinstance(rv, int) else 0)
-
-
-def _print_json(doc: Any) -> None:
-    click.echo(json.dumps(doc, indent=2, sort_keys=False))
 
 
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
@@ -65,11 +55,11 @@ def inspect_cmd(model: Path, as_json: bool) -> None:
 
     doc = inspect_model(model)
     if as_json:
-        _print_json(doc)
+        print_json(doc)
     else:
         click.echo(format_summary(doc))
     if not doc["conversion"]["ok"]:
-        _fail(f"{doc['conversion']['error']}", 2)
+        fail(f"{doc['conversion']['error']}", 2)
 
 
 @main.command("demo")
@@ -91,204 +81,11 @@ def demo_cmd(out_dir: Path) -> None:
         click.echo(format_summary(doc))
         click.echo("")
         if not doc["conversion"]["ok"]:
-            _fail(f"{p}: {doc['conversion']['error']}", 2)
+            fail(f"{p}: {doc['conversion']['error']}", 2)
     click.echo("wrote: " + ", ".join(str(p) for p in paths))
 
 
-def _floats(value: str | None, option: str) -> tuple[float, ...] | None:
-    if value is None:
-        return None
-    try:
-        return tuple(float(v) for v in value.split(","))
-    except ValueError:
-        raise click.BadParameter(
-            f"expected comma-separated numbers, got '{value}'", param_hint=option
-        ) from None
-
-
-@main.command("quantize")
-@click.argument("model", type=click.Path(path_type=Path))
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Output .onnx (default: MODEL with .int4.onnx / .int8.onnx / .w4a8.onnx).",
-)
-@click.option(
-    "--bits",
-    type=click.Choice(["4", "8"]),
-    default="4",
-    show_default=True,
-    help="Weight and activation bits (first/last layer: --first-last-bits).",
-)
-@click.option(
-    "--wbits", type=click.Choice(["4", "8"]), default=None, help="Weight bits (overrides --bits)."
-)
-@click.option(
-    "--abits",
-    type=click.Choice(["4", "8"]),
-    default=None,
-    help="Activation bits (overrides --bits).",
-)
-@click.option(
-    "--first-last-bits",
-    type=click.Choice(["4", "8"]),
-    default="8",
-    show_default=True,
-    help="Bits of the first and last quantized layer.",
-)
-@click.option(
-    "--layer-config",
-    type=click.Path(path_type=Path),
-    default=None,
-    help='JSON per-layer overrides: {"layers": {NODE: {"wbits": 8, "abits": 8, "skip": false}}}.',
-)
-@click.option("--proxy", type=str, default=None, help="Proxy images: a folder, a .npz or a .npy.")
-@click.option(
-    "--steps",
-    type=int,
-    default=None,
-    help="Fine-tuning steps (default 500; with --time-budget: until the budget ends).",
-)
-@click.option("--time-budget", type=float, default=None, help="Fine-tuning budget in minutes.")
-@click.option("--batch-size", type=int, default=64, show_default=True, help="Images per step.")
-@click.option("--lr", type=float, default=1e-4, show_default=True, help="Learning rate.")
-@click.option(
-    "--feature-weight",
-    type=float,
-    default=None,
-    help="Weight of layer-output matching added to the logit distillation (default: 1; 0 = off).",
-)
-@click.option(
-    "--eval",
-    "eval_path",
-    type=str,
-    default=None,
-    help="Labelled images: report fp32 and quantized accuracy (onnxruntime).",
-)
-@click.option(
-    "--mean", type=str, default=None, help="Per-channel mean to subtract, e.g. 0.485,0.456,0.406."
-)
-@click.option("--std", type=str, default=None, help="Per-channel std to divide by.")
-@click.option(
-    "--report",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Report JSON (default: next to the output, .report.json).",
-)
-@click.option(
-    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
-)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--resume", is_flag=True, help="Continue from the checkpoint of a killed run.")
-@click.option(
-    "--checkpoint-every",
-    type=float,
-    default=2.0,
-    show_default=True,
-    help="Minutes between checkpoints (0: after every step).",
-)
-@click.option(
-    "--min-agreement",
-    type=float,
-    default=None,
-    help="Exit 1 when top-1 agreement with the fp32 model is below this fraction.",
-)
-@click.option("--quiet", is_flag=True, help="No progress bars.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report on stdout.")
-def quantize_cmd(
-    model: Path,
-    output: Path | None,
-    bits: str,
-    wbits: str | None,
-    abits: str | None,
-    first_last_bits: str,
-    layer_config: Path | None,
-    proxy: str | None,
-    steps: int | None,
-    time_budget: float | None,
-    batch_size: int,
-    lr: float,
-    feature_weight: float | None,
-    eval_path: str | None,
-    mean: str | None,
-    std: str | None,
-    report: Path | None,
-    device: str,
-    seed: int,
-    resume: bool,
-    checkpoint_every: float,
-    min_agreement: float | None,
-    quiet: bool,
-    as_json: bool,
-) -> None:
-    """Quantize MODEL, fine-tune it by distillation on proxy images, export a QDQ ONNX model."""
-    from zerop_deploy.api import quantize
-    from zerop_deploy.config import DataConfig, QuantConfig, TrainConfig, load_overrides
-
-    quant = QuantConfig(
-        wbits=int(wbits or bits),
-        abits=int(abits or bits),
-        first_last_bits=int(first_last_bits),
-        overrides=load_overrides(layer_config) if layer_config else {},
-    )
-    default_steps = TrainConfig().steps if time_budget is None else 10_000_000
-    train = TrainConfig(
-        steps=default_steps if steps is None else steps,
-        time_budget_s=None if time_budget is None else time_budget * 60,
-        batch_size=batch_size,
-        lr=lr,
-        seed=seed,
-        device=device,
-        checkpoint_every_s=checkpoint_every * 60,
-        feature_weight=TrainConfig().feature_weight if feature_weight is None else feature_weight,
-    )
-    data = DataConfig(
-        proxy=proxy, eval=eval_path, mean=_floats(mean, "--mean"), std=_floats(std, "--std")
-    )
-    try:
-        doc = quantize(
-            model,
-            output=output,
-            quant=quant,
-            train=train,
-            data=data,
-            report=report,
-            resume=resume,
-            min_agreement=min_agreement,
-            progress=not quiet,
-        )
-    except KeyboardInterrupt:
-        _fail("interrupted; the last checkpoint is kept: rerun the same command with --resume", 130)
-    except QualityGateError as e:
-        _summary(getattr(e, "doc", None), as_json)
-        raise
-    _summary(doc, as_json)
-
-
-def _summary(doc: dict[str, Any] | None, as_json: bool) -> None:
-    if not doc:  # None, or {} on torchrun ranks other than 0
-        return
-    if as_json:
-        _print_json(doc)
-        return
-    v, t = doc["validation"], doc["training"]
-    lines = [
-        f"wrote {doc['output']}",
-        f"bits W{doc['bits']['weights']}A{doc['bits']['activations']} "
-        f"(first/last {doc['bits']['first_last']}), {len(doc['layers'])} layers, "
-        f"{t['steps']} steps in {t['wall_seconds']:.0f} s ({t['images_per_second']:.0f} img/s)",
-        f"onnxruntime vs fp32 top-1 agreement {100 * v['fp32_vs_quant_top1_agreement']:.2f} % "
-        f"on {v['images']} {v['source']} images; "
-        f"vs student {100 * v['ort_vs_student_top1_agreement']:.2f} %",
-    ]
-    if "accuracy" in doc:
-        a = doc["accuracy"]
-        lines.append(
-            f"accuracy fp32 {100 * a['fp32']:.2f} % -> quantized {100 * a['quantized']:.2f} %"
-        )
-    click.echo("\n".join(lines))
+main.add_command(quantize_cmd)
 
 
 @main.command("validate")
@@ -325,14 +122,13 @@ def validate_cmd(
     as_json: bool,
 ) -> None:
     """Check QMODEL against its fp32 REFERENCE in onnxruntime (agreement, logits, accuracy)."""
-    from zerop_deploy.api import _input_chw
     from zerop_deploy.data import load_images, to_model_input
-    from zerop_deploy.load import read_model
+    from zerop_deploy.load import image_input_chw, read_model
     from zerop_deploy.validate import format_validation, validate
 
-    chw = _input_chw(read_model(reference), str(reference))
+    chw = image_input_chw(read_model(reference), str(reference))
     images = load_images(data_path)
-    x = to_model_input(images.images, chw, mean=_floats(mean, "--mean"), std=_floats(std, "--std"))
+    x = to_model_input(images.images, chw, mean=floats(mean, "--mean"), std=floats(std, "--std"))
     try:
         doc = validate(
             qmodel, reference, images=x.numpy(), labels=images.labels, min_agreement=min_agreement
@@ -340,9 +136,70 @@ def validate_cmd(
     except QualityGateError as e:
         doc = getattr(e, "doc", None)
         if doc is not None:
-            _print_json(doc) if as_json else click.echo(format_validation(doc))
+            print_json(doc) if as_json else click.echo(format_validation(doc))
         raise
-    _print_json(doc) if as_json else click.echo(format_validation(doc))
+    print_json(doc) if as_json else click.echo(format_validation(doc))
+
+
+@main.command("select-proxy")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("candidates", nargs=-1, required=True)
+@click.option(
+    "--samples",
+    type=click.IntRange(min=1),
+    default=1024,
+    show_default=True,
+    help="Images drawn from each candidate.",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--mean", type=str, default=None, help="Per-channel mean to subtract.")
+@click.option("--std", type=str, default=None, help="Per-channel std to divide by.")
+@click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
+)
+@click.option("--plot", type=click.Path(path_type=Path), default=None, help="Bar chart PNG.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+def select_proxy_cmd(
+    model: Path,
+    candidates: tuple[str, ...],
+    samples: int,
+    seed: int,
+    mean: str | None,
+    std: str | None,
+    device: str,
+    plot: Path | None,
+    as_json: bool,
+) -> None:
+    """Rank CANDIDATE image sets (folders, .npz, .npy, builtin) as proxy data for MODEL.
+
+    The closer the BatchNorm statistics a candidate produces come to those MODEL stored in
+    training, the better it stands in for the training data (best first).
+    """
+    from zerop_deploy.api import select_proxy
+
+    doc = select_proxy(
+        model,
+        candidates,
+        samples=samples,
+        seed=seed,
+        mean=floats(mean, "--mean"),
+        std=floats(std, "--std"),
+        device=device,
+        plot=plot,
+    )
+    if as_json:
+        print_json(doc)
+        return
+    unit = "BNS distance" if doc["method"] == "bns" else "output score"
+    width = max(len(r["candidate"]) for r in doc["ranking"])
+    lines = [f"{'rank':>4}  {'candidate':<{width}}  {unit:>12}  images"]
+    for i, r in enumerate(doc["ranking"], 1):
+        lines.append(f"{i:>4}  {r['candidate']:<{width}}  {r['distance']:>12.4f}  {r['images']}")
+    if "note" in doc:
+        lines.append(f"note: {doc['note']}")
+    if plot is not None:
+        lines.append(f"wrote {plot}")
+    click.echo("\n".join(lines))
 
 
 @main.command("bench")
@@ -375,7 +232,7 @@ def bench_cmd(
 
     doc = bench(model, threads=threads, qdq_path=qdq, batch=batch)
     if as_json:
-        _print_json(doc)
+        print_json(doc)
     else:
         click.echo(format_bench(doc))
 

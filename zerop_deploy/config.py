@@ -173,7 +173,23 @@ class DataConfig:
     """Where the fine-tuning and evaluation images come from, and how they are preprocessed.
 
     Attributes:
-        proxy: Proxy image source (folder, .npz or .npy).
+        proxy: Proxy image sources (folders, .npz, .npy; their images are pooled), or one of the
+            words ``"builtin"`` (public photos that ship with scikit-image and scikit-learn, cut
+            into random crops: the default), ``"auto"`` (the candidate of ``candidates`` with the
+            smallest BNS distance, see :mod:`zerop_deploy.stats`) or ``"none"`` (no proxy data).
+            A single string is accepted for one source.
+        candidates: Candidate sources ranked by ``proxy="auto"``.
+        samples: Images per candidate used to rank candidates.
+        builtin_images: Size of the built-in pool.
+        proxy_images: Use at most this many proxy images (drawn at random, deterministic for the
+            seed), or all of them (None).
+        max_pool_bytes: At most this many bytes of proxy images (uint8 at the model's input
+            size) are held for training; bigger sources are sampled at random (the report says
+            how many images were used of how many).
+        synthetic: Number of synthetic images (BNS-matched, :mod:`zerop_deploy.synth`) mixed
+            into fine-tuning; 0 for none.
+        sd_ratio: Fraction of every fine-tuning batch drawn from the synthetic images (ZeroP
+            uses 0.5); 1 when there is no proxy data.
         eval: Labelled images for the accuracy of fp32 and quantized models, or None.
         mean: Per-channel mean (0..1 units) to subtract, for graphs that do not normalise their
             input.
@@ -181,17 +197,56 @@ class DataConfig:
         holdout: Fraction of the proxy images kept out of training for validation (at most 1,000).
     """
 
-    proxy: str | None = None
+    proxy: tuple[str, ...] = ("builtin",)
+    candidates: tuple[str, ...] = ()
+    samples: int = 1024
+    builtin_images: int = 4096
+    proxy_images: int | None = None
+    max_pool_bytes: int = 2 << 30
+    synthetic: int = 0
+    sd_ratio: float = 0.5
     eval: str | None = None
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     holdout: float = 0.1
 
     def __post_init__(self) -> None:
+        if isinstance(self.proxy, str):
+            object.__setattr__(self, "proxy", (self.proxy,))
+        object.__setattr__(self, "proxy", tuple(str(p) for p in self.proxy))
+        object.__setattr__(self, "candidates", tuple(str(p) for p in self.candidates))
+        words = {"auto", "none"} & set(self.proxy)
+        if not self.proxy:
+            raise ConfigError("--proxy: give auto, builtin, none or at least one PATH")
+        if words and len(self.proxy) > 1:
+            raise ConfigError(f"--proxy {' '.join(self.proxy)}: {words.pop()} stands alone")
+        if self.proxy == ("auto",) and not self.candidates:
+            raise ConfigError("--proxy auto: give the sets to choose from with --candidates PATH")
+        if self.candidates and self.proxy != ("auto",):
+            raise ConfigError("--candidates: only used with --proxy auto")
+        if self.proxy == ("none",) and self.synthetic == 0:
+            raise ConfigError(
+                "--proxy none: no images to fine-tune on; add --synthetic N (synthetic-only) "
+                "or give proxy data"
+            )
+        if not 0 <= self.synthetic <= 10_000_000:
+            raise ConfigError(f"--synthetic {self.synthetic}: must be between 0 and 10,000,000")
+        if not 0 <= self.sd_ratio <= 1:
+            raise ConfigError(f"--sd-ratio {self.sd_ratio}: must be in [0, 1]")
+        if self.samples < 1:
+            raise ConfigError(f"--samples {self.samples}: must be >= 1")
+        if not 1 <= self.builtin_images <= 1_000_000:
+            raise ConfigError(f"built-in pool size {self.builtin_images}: must be 1..1,000,000")
+        if self.proxy_images is not None and self.proxy_images < 1:
+            raise ConfigError(f"--proxy-images {self.proxy_images}: must be >= 1")
+        if self.max_pool_bytes < 1:
+            raise ConfigError(f"max pool bytes {self.max_pool_bytes}: must be positive")
         if not 0 <= self.holdout < 1:
             raise ConfigError(f"holdout {self.holdout}: must be in [0, 1)")
         if self.std is not None and any(s <= 0 for s in self.std):
             raise ConfigError(f"--std {self.std}: every value must be positive")
+        if self.mean is not None and self.std is not None and len(self.mean) != len(self.std):
+            raise ConfigError(f"--mean {self.mean} and --std {self.std}: need as many values")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""

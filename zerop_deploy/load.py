@@ -471,3 +471,22 @@ def load_model(path: str | os.PathLike[str], *, parity: bool = True, seed: int =
             f"(output scale {result.output_scale:.3g}); please file an issue with the model"
         )
     return LoadedModel(path=p, proto=proto, module=module, parity=result)
+
+
+def image_input_chw(proto: onnx.ModelProto, source: str) -> tuple[int, int, int]:
+    """The (C, H, W) of the model's single image input.
+
+    Raises:
+        InputError: Several inputs, or an input that is not N x C x H x W with fixed C, H, W.
+    """
+    inputs = graph_inputs(proto)
+    if len(inputs) != 1:
+        raise InputError(
+            f"{source}: the model has {len(inputs)} inputs; this command needs one image input"
+        )
+    shape = input_shape(inputs[0], batch=1, source=source)
+    if len(shape) != 4:
+        raise InputError(
+            f"{source}: input '{inputs[0].name}' has shape {shape}; expected N x C x H x W"
+        )
+    return shape[1], shape[2], shape[3]

@@ -1,0 +1,56 @@
+"""Helpers shared by the command modules: one-line errors, JSON output, option parsing."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+PROG = "zerop-deploy"
+
+
+def fail(message: str, code: int) -> None:
+    click.echo(f"{PROG}: error: {' '.join(message.split())}", err=True)
+    sys.exit(code)
+
+
+def print_json(doc: Any) -> None:
+    click.echo(json.dumps(doc, indent=2, sort_keys=False))
+
+
+def floats(value: str | None, option: str) -> tuple[float, ...] | None:
+    if value is None:
+        return None
+    try:
+        return tuple(float(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(
+            f"expected comma-separated numbers, got '{value}'", param_hint=option
+        ) from None
+
+
+class Variadic(click.Option):
+    """A repeatable option that also takes the arguments after it up to the next option.
+
+    ``--candidates a.npz b/ c.npy`` works as well as ``--candidates a.npz --candidates b/``, so a
+    shell glob can follow the option (DESIGN.md writes ``--proxy PATH ...``).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, multiple=True, **kwargs)
+
+    def add_to_parser(self, parser: Any, ctx: click.Context) -> None:  # noqa: D102
+        super().add_to_parser(parser, ctx)
+        opt = getattr(parser, "_long_opt", {}).get(self.opts[0])
+        if opt is None:  # click internals changed: the repeated form still works
+            return
+        single = opt.process
+
+        def process(value: Any, state: Any) -> None:
+            single(value, state)
+            while state.rargs and not state.rargs[0].startswith("-"):
+                single(state.rargs.pop(0), state)
+
+        opt.process = process

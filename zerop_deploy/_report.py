@@ -1,0 +1,114 @@
+"""The quantize report (DESIGN.md "quantize report") and its onnxruntime validation section."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from importlib import metadata
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+
+_PACKAGES = ("zerop-deploy", "torch", "onnx", "onnxruntime", "onnx2torch", "numpy")
+
+
+def versions() -> dict[str, str]:
+    """Installed versions of the packages that shape the result."""
+    out = {}
+    for pkg in _PACKAGES:
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def layers_section(plan) -> list[dict[str, Any]]:
+    """One entry per layer of the student's plan (skipped layers say why)."""
+    return [
+        {
+            "node": p.node,
+            "op": p.op,
+            "wbits": p.wbits,
+            "abits": p.abits,
+            "activation_signed": p.act_signed,
+            "folded_bn": p.folded_bn,
+            **({"skipped": p.skipped} if p.skipped else {}),
+        }
+        for p in plan
+    ]
+
+
+def training_section(result, wall: float) -> dict[str, Any]:
+    """What the fine-tuning loop did."""
+    return {
+        "steps": result.steps,
+        "wall_seconds": round(result.wall_seconds, 2),
+        "images_per_second": round(result.images_per_second, 1),
+        "final_loss": result.final_loss,
+        "resumed_from_step": result.resumed_from,
+        "total_seconds": round(wall, 2),
+    }
+
+
+class _Tally:
+    """Running counts of a validation pass over chunks of images."""
+
+    def __init__(self) -> None:
+        self.n = self.ort_student = self.fp32_quant = self.correct_fp32 = self.correct_q = 0
+        self.max_diff = 0.0
+        self.labelled = True
+
+    def add(self, q, ref, student, labels) -> None:
+        self.n += len(q)
+        self.ort_student += int((q.argmax(1) == student.argmax(1)).sum())
+        self.fp32_quant += int((q.argmax(1) == ref.argmax(1)).sum())
+        self.max_diff = max(self.max_diff, float(np.abs(q - ref).max()))
+        if labels is None:
+            self.labelled = False
+        else:
+            self.correct_fp32 += int((ref.argmax(1) == labels).sum())
+            self.correct_q += int((q.argmax(1) == labels).sum())
+
+
+def validation_section(
+    proto: onnx.ModelProto,
+    qproto: onnx.ModelProto,
+    student: torch.nn.Module,
+    chunks: Iterable[tuple[torch.Tensor, np.ndarray | None]],
+    source: str,
+) -> dict[str, Any]:
+    """Run the fp32 and the exported model in onnxruntime, and the student in torch, chunk by chunk.
+
+    Args:
+        proto: The original model.
+        qproto: The exported QDQ model.
+        student: The fake-quantized student (CPU, eval mode).
+        chunks: ``(model-ready float images, labels or None)`` pairs; streamed, never pooled.
+        source: What the images are ("eval", "proxy holdout"), for the report.
+
+    Returns:
+        ``{"validation": {...}}`` plus ``"accuracy"`` when every chunk had labels.
+    """
+    from zerop_deploy.validate import run_logits
+
+    tally = _Tally()
+    for x, labels in chunks:
+        with torch.no_grad():
+            s = torch.cat([student(x[i : i + 256]) for i in range(0, len(x), 256)]).numpy()
+        xs = x.numpy()
+        tally.add(run_logits(qproto, xs), run_logits(proto, xs), s.reshape(len(s), -1), labels)
+    n = max(tally.n, 1)
+    doc: dict[str, Any] = {
+        "validation": {
+            "images": tally.n,
+            "source": source,
+            "ort_vs_student_top1_agreement": tally.ort_student / n,
+            "fp32_vs_quant_top1_agreement": tally.fp32_quant / n,
+            "max_abs_logit_diff": tally.max_diff,
+        }
+    }
+    if tally.labelled and tally.n:
+        doc["accuracy"] = {"fp32": tally.correct_fp32 / n, "quantized": tally.correct_q / n}
+    return doc
