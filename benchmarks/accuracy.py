@@ -17,17 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+from _common import ROOT, SHARED, run_command, write_section
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
 NETS = {"resnet20": "resnet20_cifar10", "shufflenet": "shufflenetv2_x0_5_cifar10"}
 BITS = {
     "w8a8": ("8", "8", "8"),
@@ -36,7 +32,6 @@ BITS = {
     "w4a4-all4": ("4", "4", "4"),
 }
 METHODS = ("ort_static", "proxy", "upper_bound")
-MARK_BEGIN, MARK_END = "<!-- accuracy:begin -->", "<!-- accuracy:end -->"
 
 
 def _test_set(data: Path):
@@ -50,21 +45,6 @@ def _accuracy(model: Path, x: np.ndarray, y: np.ndarray) -> float:
     from zerop_deploy.validate import accuracy
 
     return accuracy(str(model), x, y)
-
-
-def _run(cmd: list[str]) -> tuple[float, float, str]:
-    """Run a command; return wall seconds, its peak RSS in MiB (wait4 rusage), and stdout."""
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        t0 = time.monotonic()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True)
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.monotonic() - t0
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0), err.seek(0)
-        stdout, stderr = out.read(), err.read()
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {stderr[-2000:]}")
-    return wall, usage.ru_maxrss / 1024, stdout
 
 
 def _ort_static(model: Path, out: Path, bits: tuple[str, str, str], proxy: Path) -> list[str]:
@@ -123,7 +103,7 @@ def run_row(net: str, method: str, bits: str, args, x, y, tmp: Path) -> dict:
         cmd = _ort_static(model, out, BITS[bits], proxy)
     else:
         cmd = _zerop(model, out, BITS[bits], proxy, args)
-    wall, peak, stdout = _run(cmd)
+    wall, peak, stdout = run_command(cmd)
     row = {
         "net": net,
         "method": method,
@@ -178,23 +158,6 @@ def _merge(rows: list[dict], fp32: dict[str, float], argv: str) -> tuple[list[di
     return out, fp32
 
 
-def _write_section(text: str) -> None:
-    path = ROOT / "BENCHMARKS.md"
-    doc = path.read_text()
-    block = f"{MARK_BEGIN}\n{text}\n{MARK_END}"
-    if MARK_BEGIN in doc:
-        start, end = doc.index(MARK_BEGIN), doc.index(MARK_END) + len(MARK_END)
-        doc = doc[:start] + block + doc[end:]
-    else:
-        doc = (
-            doc.rstrip()
-            + "\n\n## Accuracy (CIFAR-10, onnxruntime on the exported file)\n\n"
-            + block
-            + "\n"
-        )
-    path.write_text(doc)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -232,7 +195,7 @@ def main() -> None:
     text = header + "\n\n" + _table(rows, fp32)
     print(text)
     if args.write:
-        _write_section(text)
+        write_section("accuracy", "Accuracy (CIFAR-10, onnxruntime on the exported file)", text)
 
 
 if __name__ == "__main__":
