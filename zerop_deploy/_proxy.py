@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import onnx
@@ -20,6 +20,8 @@ class ProxyData:
     train: torch.Tensor
     holdout: torch.Tensor
     section: dict[str, Any]
+    synthetic: torch.Tensor | None = None  # uint8, set by quantize when --synthetic N
+    synthetic_section: dict[str, Any] = field(default_factory=dict)
 
 
 def open_sources(paths: tuple[str, ...], data: DataConfig, seed: int) -> list:

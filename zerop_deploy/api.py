@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from zerop_deploy._report import training_section
-from zerop_deploy.config import DataConfig, QuantConfig, TrainConfig
+from zerop_deploy.config import DataConfig, QuantConfig, SynthConfig, TrainConfig
 from zerop_deploy.errors import ConfigError, InputError, QualityGateError
 from zerop_deploy.fileio import atomic_write_bytes, atomic_write_text, check_output_path
 
@@ -105,6 +105,7 @@ def quantize(
     device = resolve_device(train.device)
     torch.manual_seed(train.seed)
     from zerop_deploy._proxy import open_sources, proxy_data
+    from zerop_deploy._synthetic import for_quantize
     from zerop_deploy.load import image_input_chw, load_model
 
     open_sources(tuple(p for p in data.proxy if p not in ("auto", "none")), data, train.seed)
@@ -120,6 +121,10 @@ def quantize(
     chw = image_input_chw(proto, str(src))
     proxy = proxy_data(data, teacher, proto, chw, train.seed, say)
     say(f"{len(proxy.train)} proxy images for training, {len(proxy.holdout)} held back")
+    synth_cache = out.with_name(out.name + ".synth.npz")
+    proxy.synthetic, proxy.synthetic_section = for_quantize(
+        teacher, proto, chw, data, train.seed, cache_path=synth_cache, resume=resume, say=say
+    )
     t_start = time.monotonic()
     student, plan, result = _fine_tune(
         teacher,
@@ -156,9 +161,8 @@ def quantize(
     doc["training"]["processes"] = world
     doc.update(_validation(proto, qproto, student, proxy, data, chw))
     atomic_write_text(rep, json.dumps(doc, indent=2) + "\n")
-    ckpt = out.with_name(out.name + ".ckpt")
-    if ckpt.exists():
-        ckpt.unlink()
+    out.with_name(out.name + ".ckpt").unlink(missing_ok=True)
+    synth_cache.unlink(missing_ok=True)
     agreement = doc["validation"]["fp32_vs_quant_top1_agreement"]
     if min_agreement is not None and agreement < min_agreement:
         err = QualityGateError(
@@ -184,13 +188,17 @@ def _fine_tune(
         raise InputError("the model has no layer to quantize (Conv, ConvTranspose, Gemm, MatMul)")
     _say(progress, f"{sum(not p.skipped for p in plan)} layers to quantize; calibrating step sizes")
     init_weight_scales(student)
-    calib = normalize(proxy.train[: train.calib_images], data.mean, data.std)
+    n_sd = round(train.calib_images * proxy.synthetic_section["sd_ratio"])
+    mix = torch.cat([proxy.train[: train.calib_images - n_sd], proxy.synthetic[:n_sd]])
+    calib = normalize(mix, data.mean, data.std)
     calibrate_activations(student, [calib[i : i + 64] for i in range(0, len(calib), 64)])
     batches = batch_fn(
         proxy.train,
         train.batch_size,
         seed=train.seed,
         augment_images=train.augment,
+        synthetic=proxy.synthetic,
+        sd_ratio=proxy.synthetic_section["sd_ratio"],
         mean=data.mean,
         std=data.std,
     )
@@ -238,7 +246,7 @@ def _report(src, out, quant, train, data, proxy, plan, device) -> dict[str, Any]
         "device": str(device),
         "seed": train.seed,
         "proxy": proxy.section,
-        "synthetic": {"images": 0, "sd_ratio": 0.0},
+        "synthetic": proxy.synthetic_section,
         "layers": layers_section(plan),
         "config": {"quant": quant.to_dict(), "train": train.to_dict(), "data": data.to_dict()},
         "versions": versions(),
@@ -248,7 +256,7 @@ def _report(src, out, quant, train, data, proxy, plan, device) -> dict[str, Any]
 def _validation(proto, qproto, student, proxy, data: DataConfig, chw) -> dict[str, Any]:
     """Validate on the --eval images (streamed), else on the held-back proxy images."""
     from zerop_deploy._report import validation_section
-    from zerop_deploy.data import iter_batches, normalize, open_source
+    from zerop_deploy.data import iter_batches, load_pool, normalize, open_source
 
     if data.eval is not None:
         src = open_source(data.eval)
@@ -257,9 +265,13 @@ def _validation(proto, qproto, student, proxy, data: DataConfig, chw) -> dict[st
             for c in iter_batches(src, chw, batch=2048)
         )
         return validation_section(proto, qproto, student, chunks, "eval")
-    x = proxy.holdout if len(proxy.holdout) else proxy.train[:256]
+    x, source = proxy.holdout, "proxy holdout"
+    if len(x) == 0 and len(proxy.train):
+        x = proxy.train[:256]
+    elif len(x) == 0:  # synthetic-only: natural images the student never saw, only to validate
+        x, source = load_pool(open_source("builtin"), chw, limit=512).images, "builtin"
     return validation_section(
-        proto, qproto, student, [(normalize(x, data.mean, data.std), None)], "proxy holdout"
+        proto, qproto, student, [(normalize(x, data.mean, data.std), None)], source
     )
 
 
@@ -333,3 +345,72 @@ def select_proxy(
 
         atomic_write_bytes(plot, ranking_chart(doc))
     return doc
+
+
+def synthesize(
+    model: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    cfg: SynthConfig | None = None,
+    *,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
+    device: str = "auto",
+    preview: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Make synthetic images that reproduce the model's BN statistics and save them as ``.npz``.
+
+    The file holds ``images`` (uint8 N x H x W x C) and ``labels`` (the class each image was
+    optimised towards), so it can be inspected, cached and used as ``--proxy OUT.npz``.
+
+    Args:
+        model: The fp32 ``.onnx`` file.
+        output: The ``.npz`` to write (atomically).
+        cfg: Synthesis settings.
+        mean: Per-channel mean for graphs that do not normalise their input.
+        std: Per-channel std.
+        device: "auto", "cpu" or "cuda".
+        preview: Write a contact sheet PNG of the first 128 images here.
+        resume: Keep the batches a killed run finished (``OUT.npz.partial``).
+        progress: A progress line per batch on stderr (only on a terminal).
+
+    Returns:
+        ``{"model", "output", "method", "images", "iterations", "seconds", "images_per_second",
+        "bns_distance"}``; ``method`` is "output" when the model has no BN statistics.
+    """
+    from zerop_deploy._synthetic import npz_bytes, summary
+    from zerop_deploy.load import image_input_chw, load_model
+    from zerop_deploy.synth import SynthCache
+    from zerop_deploy.synth import synthesize as run
+
+    cfg = cfg or SynthConfig()
+    src = Path(model)
+    out = check_output_path(output, [src])
+    if preview is not None:
+        preview = check_output_path(preview, [src, out])
+    dev = resolve_device(device)
+    loaded = load_model(src)
+    chw = image_input_chw(loaded.proto, str(src))
+    teacher = loaded.module.to(dev).eval()
+    h = hashlib.sha256(src.read_bytes())
+    h.update(json.dumps([cfg.to_dict(), mean, std]).encode())
+    cache = SynthCache(out.with_name(out.name + ".partial"), h.hexdigest())
+    done = cache.load() if resume else {}
+
+    def saved(batches: dict) -> None:
+        cache.save(batches)
+        _say(progress, f"synthesised {sum(len(x) for x in batches.values())}/{cfg.images} images")
+
+    batches, seconds = run(
+        teacher, loaded.proto, chw, cfg, mean=mean, std=std, done=done, on_batch=saved
+    )
+    images = torch.cat([batches[b] for b in sorted(batches)])
+    doc = summary(teacher, loaded.proto, images, cfg, seconds, mean, std, len(done))
+    atomic_write_bytes(out, npz_bytes(images, teacher, cfg, mean, std))
+    if preview is not None:
+        from zerop_deploy.plots import contact_sheet
+
+        atomic_write_bytes(preview, contact_sheet(images[:128].numpy()))
+    cache.remove()
+    return {"model": str(src), "output": str(out), **doc}

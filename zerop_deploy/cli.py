@@ -16,6 +16,7 @@ import click
 from zerop_deploy import __version__
 from zerop_deploy._cli_util import PROG, fail, floats, print_json
 from zerop_deploy.cli_quantize import quantize_cmd
+from zerop_deploy.config import SynthConfig
 from zerop_deploy.errors import QualityGateError, ZeropError
 
 
@@ -200,6 +201,72 @@ def select_proxy_cmd(
     if plot is not None:
         lines.append(f"wrote {plot}")
     click.echo("\n".join(lines))
+
+
+@main.command("synth")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("-n", "images", type=click.IntRange(min=1), required=True, help="How many images.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="The .npz.")
+@click.option(
+    "--iterations", type=click.IntRange(min=1), default=SynthConfig().iterations, show_default=True
+)
+@click.option(
+    "--batch-size", type=click.IntRange(min=1), default=SynthConfig().batch_size, show_default=True
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--mean", type=str, default=None, help="Per-channel mean to subtract.")
+@click.option("--std", type=str, default=None, help="Per-channel std to divide by.")
+@click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
+)
+@click.option("--preview", type=click.Path(path_type=Path), default=None, help="Contact sheet PNG.")
+@click.option("--resume", is_flag=True, help="Keep the batches a killed run finished.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+def synth_cmd(
+    model: Path,
+    images: int,
+    output: Path,
+    iterations: int,
+    batch_size: int,
+    seed: int,
+    mean: str | None,
+    std: str | None,
+    device: str,
+    preview: Path | None,
+    resume: bool,
+    as_json: bool,
+) -> None:
+    """Synthesise images whose BatchNorm statistics in MODEL match the stored ones (.npz)."""
+    from zerop_deploy.api import synthesize
+
+    cfg = SynthConfig(images=images, iterations=iterations, batch_size=batch_size, seed=seed)
+    try:
+        doc = synthesize(
+            model,
+            output,
+            cfg,
+            mean=floats(mean, "--mean"),
+            std=floats(std, "--std"),
+            device=device,
+            preview=preview,
+            resume=resume,
+        )
+    except KeyboardInterrupt:
+        fail("interrupted; finished batches are kept: rerun the same command with --resume", 130)
+    if as_json:
+        print_json(doc)
+        return
+    dist = doc["bns_distance"]
+    click.echo(
+        f"wrote {doc['output']}: {doc['images']} images, {doc['iterations']} iterations, "
+        f"{doc['seconds']:.0f} s ({doc['images_per_second']} img/s); "
+        + (
+            f"BNS distance {dist:.4f}"
+            if dist is not None
+            else "no BN statistics: made from the model's outputs and image priors only"
+        )
+        + (f"; preview {preview}" if preview else "")
+    )
 
 
 @main.command("bench")

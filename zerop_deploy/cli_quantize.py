@@ -61,6 +61,20 @@ from zerop_deploy.errors import QualityGateError
     help="Candidate proxy sets for --proxy auto, ranked by BN-statistics distance.",
 )
 @click.option(
+    "--synthetic",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Synthetic images (BN-statistics matching) mixed into fine-tuning.",
+)
+@click.option(
+    "--sd-ratio",
+    type=click.FloatRange(0, 1),
+    default=0.5,
+    show_default=True,
+    help="Fraction of each batch drawn from the synthetic images (1 with --proxy none).",
+)
+@click.option(
     "--proxy-images",
     type=click.IntRange(min=1),
     default=None,
@@ -135,6 +149,8 @@ def quantize_cmd(
     layer_config: Path | None,
     proxy: tuple[str, ...],
     candidates: tuple[str, ...],
+    synthetic: int,
+    sd_ratio: float,
     proxy_images: int | None,
     samples: int,
     steps: int | None,
@@ -180,6 +196,8 @@ def quantize_cmd(
         candidates=candidates,
         samples=samples,
         proxy_images=proxy_images,
+        synthetic=synthetic,
+        sd_ratio=sd_ratio,
         eval=eval_path,
         mean=floats(mean, "--mean"),
         std=floats(std, "--std"),

@@ -251,3 +251,44 @@ class DataConfig:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
         return asdict(self)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SynthConfig:
+    """How synthetic images are made.
+
+    Attributes:
+        images: How many.
+        iterations: Adam steps per batch.
+        batch_size: Images optimised together (the BN statistics are matched per batch).
+        lr: Adam learning rate on the pixels (in [0, 1] units).
+        ce_weight: Weight of the teacher's cross-entropy towards the target class.
+        tv_weight: Weight of the total-variation prior.
+        l2_weight: Weight of the L2 prior (distance to mid-gray).
+        seed: Seed of the initial pixels, targets, jitter and flips.
+    """
+
+    images: int = 1024
+    iterations: int = 100
+    batch_size: int = 256
+    lr: float = 0.1
+    ce_weight: float = 0.05
+    tv_weight: float = 0.5
+    l2_weight: float = 0.001
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.images <= 10_000_000:
+            raise ConfigError(f"-n {self.images}: must be between 1 and 10,000,000")
+        if not 1 <= self.iterations <= 100_000:
+            raise ConfigError(f"--iterations {self.iterations}: must be between 1 and 100,000")
+        if not 1 <= self.batch_size <= 65536:
+            raise ConfigError(f"--batch-size {self.batch_size}: must be between 1 and 65536")
+        if not 0 < self.lr < 10:
+            raise ConfigError(f"synthesis learning rate {self.lr}: must be in (0, 10)")
+        if min(self.ce_weight, self.tv_weight, self.l2_weight) < 0:
+            raise ConfigError("synthesis loss weights must be >= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return asdict(self)

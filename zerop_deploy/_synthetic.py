@@ -1,0 +1,91 @@
+"""Synthetic images inside the pipeline: their report section, their .npz, and quantize's mix."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from zerop_deploy.config import DataConfig, SynthConfig
+
+
+def summary(teacher, proto, images, cfg, seconds, mean, std, resumed) -> dict:
+    """Method, speed and the BNS distance of finished synthetic images (for reports)."""
+    from zerop_deploy.data import normalize
+    from zerop_deploy.stats import score_images, scoring_method
+
+    method = scoring_method(proto)
+    new = len(images) - resumed * cfg.batch_size
+    batches = (normalize(images[i : i + 256], mean, std) for i in range(0, len(images), 256))
+    return {
+        "method": method,
+        "images": len(images),
+        "iterations": cfg.iterations,
+        "seconds": round(seconds, 1),
+        "images_per_second": round(new / seconds, 2) if seconds > 0 and new > 0 else None,
+        "resumed_batches": resumed,
+        "bns_distance": score_images(teacher, proto, batches, "bns")["distance"]
+        if method == "bns"
+        else None,
+        "config": cfg.to_dict(),
+    }
+
+
+def npz_bytes(images: torch.Tensor, teacher, cfg: SynthConfig, mean, std) -> bytes:
+    from zerop_deploy.data import normalize
+    from zerop_deploy.synth import target_labels
+
+    with torch.no_grad():
+        device = next((p.device for p in teacher.parameters()), torch.device("cpu"))
+        k = teacher(normalize(images[:1], mean, std).to(device)).reshape(1, -1).shape[1]
+    buf = io.BytesIO()
+    np.savez(buf, images=images.permute(0, 2, 3, 1).numpy(), labels=target_labels(cfg, k))
+    return buf.getvalue()
+
+
+def for_quantize(
+    teacher: nn.Module,
+    proto: onnx.ModelProto,
+    chw: tuple[int, int, int],
+    data: DataConfig,
+    seed: int,
+    *,
+    cache_path: Path,
+    resume: bool,
+    say: Callable[[str], None],
+) -> tuple[torch.Tensor, dict]:
+    """The ``data.synthetic`` images quantize mixes in, and the report's "synthetic" section.
+
+    Finished batches are kept in ``cache_path`` so that ``--resume`` after a kill does not redo
+    them; the caller removes it when the run succeeds.
+    """
+    from zerop_deploy.synth import SynthCache, synthesize
+
+    if data.synthetic == 0:
+        return torch.empty(0, *chw, dtype=torch.uint8), {"images": 0, "sd_ratio": 0.0}
+    cfg = SynthConfig(images=data.synthetic, seed=seed)
+    h = hashlib.sha256(proto.SerializeToString())
+    h.update(json.dumps([cfg.to_dict(), data.mean, data.std]).encode())
+    cache = SynthCache(cache_path, h.hexdigest())
+    done = cache.load() if resume else {}
+
+    def saved(batches: dict) -> None:
+        cache.save(batches)
+        say(f"synthesised {sum(len(x) for x in batches.values())}/{cfg.images} images")
+
+    say(f"synthesising {cfg.images} images ({cfg.iterations} iterations per batch)")
+    batches, seconds = synthesize(
+        teacher, proto, chw, cfg, mean=data.mean, std=data.std, done=done, on_batch=saved
+    )
+    images = torch.cat([batches[b] for b in sorted(batches)])
+    section = summary(teacher, proto, images, cfg, seconds, data.mean, data.std, len(done))
+    ratio = 1.0 if data.proxy == ("none",) else data.sd_ratio
+    return images, {"sd_ratio": ratio, **section}
+
