@@ -76,13 +76,20 @@ def test_directory_and_random_bytes_in_a_real_process(tmp_path):
     assert sorted(tmp_path.iterdir()) == before  # nothing written
 
 
-def test_demo_writes_and_inspects_both_exports(tmp_path):
-    code, out, err = run("demo", "--out-dir", str(tmp_path / "demo"))
+def test_demo_trains_exports_and_quantizes_with_the_builtin_pool(tmp_path):
+    # short budgets; the full default run is README command (1)
+    d = tmp_path / "demo"
+    code, out, err = run("demo", "--out-dir", str(d), "--epochs", "2", "--steps", "5", "--quiet")
     assert code == 0, err
-    assert (tmp_path / "demo" / "demo_cnn.onnx").is_file()
-    assert (tmp_path / "demo" / "demo_cnn_folded.onnx").is_file()
-    assert "BatchNormalization  6" in out and "(BN folded)" in out
-    assert out.count("PyTorch conversion  ok") == 2
+    assert "fp32 accuracy" in out and "int4" in out and "400 held-out digits" in out
+    names = {"demo_cnn.onnx", "demo_cnn_folded.onnx", "digits_test.npz", "demo_cnn.int4.onnx"}
+    assert names <= {p.name for p in d.iterdir()}
+    report = json.loads((d / "demo_cnn.int4.report.json").read_text())
+    assert report["proxy"]["chosen"] == "builtin" and report["validation"]["images"] == 400
+    assert report["accuracy"]["fp32"] > 0.3  # two epochs already learn the digits
+    kept, folded = (onnx.load(str(d / n)) for n in ("demo_cnn.onnx", "demo_cnn_folded.onnx"))
+    assert sum(n.op_type == "BatchNormalization" for n in kept.graph.node) == 6
+    assert not any(n.op_type == "BatchNormalization" for n in folded.graph.node)
 
 
 def test_version():
