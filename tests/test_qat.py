@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from zerop_deploy.api import _feature_pairs
-from zerop_deploy.config import QuantConfig, TrainConfig
 from zerop_deploy.batches import batch_fn
+from zerop_deploy.config import QuantConfig, TrainConfig
 from zerop_deploy.errors import InputError
 from zerop_deploy.load import convert_model
 from zerop_deploy.quant.calibrate import calibrate_activations, init_weight_scales

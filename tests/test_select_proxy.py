@@ -118,11 +118,15 @@ def test_quantize_pools_several_sources_and_limits_them(files):
     )
 
 
-def test_quantize_defaults_to_the_builtin_pool(files):
+def test_quantize_defaults_to_the_builtin_pool_and_plots_layers(files):
     code, out, err = run(
-        "quantize", files / "m.onnx", "-o", files / "q.onnx", "--steps", "2", "--json", "--quiet"
-    )
+        "quantize", files / "m.onnx", "-o", files / "q.onnx", "--steps", "2", "--json", "--quiet",
+        "--plot-layers", files / "layers.png",
+    )  # fmt: skip
     assert code == 0, err
-    proxy = json.loads(out)["proxy"]
+    doc = json.loads(out)
+    assert all(isinstance(entry["output_sqnr_db"], float) for entry in doc["layers"])
+    assert (files / "layers.png").read_bytes()[:4] == b"\x89PNG"
+    proxy = doc["proxy"]
     assert proxy["method"] == "builtin" and proxy["chosen"] == "builtin"
     assert proxy["images"] + proxy["holdout"] == 4096

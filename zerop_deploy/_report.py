@@ -112,3 +112,38 @@ def validation_section(
     if tally.labelled and tally.n:
         doc["accuracy"] = {"fp32": tally.correct_fp32 / n, "quantized": tally.correct_q / n}
     return doc
+
+
+def layer_sqnr(
+    teacher: torch.nn.Module,
+    student: torch.nn.Module,
+    pairs: list[tuple[str, str]],
+    x: torch.Tensor,
+) -> list[float]:
+    """Output SQNR (dB) of every quantized layer against the fp32 model, on images ``x``.
+
+    ``10 log10(sum t^2 / sum (s - t)^2)`` between the student layer's output and the teacher
+    module it reproduces (the BN after a folded Conv), both running end to end, so a layer's value
+    includes the error of the layers before it; the drop from one layer to the next is what the
+    layer itself adds. One value per pair, in order.
+    """
+    from zerop_deploy.quant.qat import _FeatureTaps
+
+    taps = _FeatureTaps(teacher, student, pairs)
+    signal = [0.0] * len(pairs)
+    noise = [0.0] * len(pairs)
+    try:
+        with torch.no_grad():
+            for i in range(0, len(x), 128):
+                teacher(x[i : i + 128])
+                student(x[i : i + 128])
+                for k, (t_name, s_name) in enumerate(pairs):
+                    t, s = taps.teacher.pop(t_name).double(), taps.student.pop(s_name).double()
+                    signal[k] += float(t.pow(2).sum())
+                    noise[k] += float((s - t).pow(2).sum())
+    finally:
+        taps.remove()
+    return [
+        10 * float(np.log10(sg / max(nz, 1e-30))) if sg > 0 else 0.0
+        for sg, nz in zip(signal, noise, strict=True)
+    ]

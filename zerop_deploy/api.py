@@ -77,6 +77,7 @@ def quantize(
     report: str | os.PathLike[str] | None = None,
     resume: bool = False,
     min_agreement: float | None = None,
+    plot_layers: str | os.PathLike[str] | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Quantize an ONNX model with distillation on proxy data and export it as a QDQ ONNX model.
@@ -91,6 +92,8 @@ def quantize(
         resume: Continue from the checkpoint a killed run left next to the output.
         min_agreement: Fail with QualityGateError (exit 1) when the fp32-vs-quantized top-1
             agreement is below this fraction; outputs are still written.
+        plot_layers: Write a bar chart of every layer's output SQNR against the fp32 model
+            (the report's ``layers[].output_sqnr_db``: which layers hurt most) to this PNG.
         progress: Show progress bars on stderr (only on a terminal).
 
     Returns:
@@ -100,6 +103,8 @@ def quantize(
     src = Path(model)
     out = check_output_path(output or default_output(src, quant), [src])
     rep = check_output_path(report or default_report(out), [src, out])
+    if plot_layers is not None:
+        plot_layers = check_output_path(plot_layers, [src, out, rep])
     if min_agreement is not None and not 0 <= min_agreement <= 1:
         raise ConfigError(f"--min-agreement {min_agreement}: must be a fraction in [0, 1]")
     device = resolve_device(train.device)
@@ -160,6 +165,11 @@ def quantize(
     doc["training"] = training_section(result, time.monotonic() - t_start)
     doc["training"]["processes"] = world
     doc.update(_validation(proto, qproto, student, proxy, data, chw))
+    _add_layer_sqnr(doc, teacher.cpu().eval(), student, proto, plan, proxy, data)
+    if plot_layers is not None:
+        from zerop_deploy.plots import layer_chart
+
+        atomic_write_bytes(plot_layers, layer_chart(doc["layers"], out.name))
     atomic_write_text(rep, json.dumps(doc, indent=2) + "\n")
     out.with_name(out.name + ".ckpt").unlink(missing_ok=True)
     synth_cache.unlink(missing_ok=True)
@@ -251,6 +261,19 @@ def _report(src, out, quant, train, data, proxy, plan, device) -> dict[str, Any]
         "config": {"quant": quant.to_dict(), "train": train.to_dict(), "data": data.to_dict()},
         "versions": versions(),
     }
+
+
+def _add_layer_sqnr(doc, teacher, student, proto, plan, proxy, data: DataConfig) -> None:
+    """Add ``output_sqnr_db`` to every quantized layer of the report (256 validation images)."""
+    from zerop_deploy._report import layer_sqnr
+    from zerop_deploy.data import normalize
+
+    x = proxy.holdout if len(proxy.holdout) else torch.cat([proxy.train, proxy.synthetic])
+    values = iter(layer_sqnr(teacher, student, _feature_pairs(proto, plan), normalize(
+        x[:256], data.mean, data.std)))  # fmt: skip
+    for entry, p in zip(doc["layers"], plan, strict=True):
+        if p.skipped is None:
+            entry["output_sqnr_db"] = round(next(values), 2)
 
 
 def _validation(proto, qproto, student, proxy, data: DataConfig, chw) -> dict[str, Any]:

@@ -137,6 +137,12 @@ from zerop_deploy.errors import QualityGateError
     default=None,
     help="Exit 1 when top-1 agreement with the fp32 model is below this fraction.",
 )
+@click.option(
+    "--plot-layers",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Bar chart PNG of every layer's output SQNR vs fp32 (which layers hurt most).",
+)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report on stdout.")
 def quantize_cmd(
@@ -167,6 +173,7 @@ def quantize_cmd(
     resume: bool,
     checkpoint_every: float,
     min_agreement: float | None,
+    plot_layers: Path | None,
     quiet: bool,
     as_json: bool,
 ) -> None:
@@ -212,6 +219,7 @@ def quantize_cmd(
             report=report,
             resume=resume,
             min_agreement=min_agreement,
+            plot_layers=plot_layers,
             progress=not quiet,
         )
     except KeyboardInterrupt:

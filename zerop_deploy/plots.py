@@ -62,3 +62,24 @@ def contact_sheet(images: np.ndarray, *, columns: int = 16, scale: int = 2) -> b
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
+
+
+def layer_chart(layers: list[dict[str, Any]], title: str) -> bytes:
+    """Output SQNR per quantized layer (the report's ``output_sqnr_db``), in graph order."""
+    plt = _pyplot()
+    rows = [r for r in layers if r.get("output_sqnr_db") is not None]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.28 * len(rows) + 2), 4.2), dpi=110)
+    values = [r["output_sqnr_db"] for r in rows]
+    drops = [0.0] + [max(0.0, a - b) for a, b in zip(values, values[1:], strict=False)]
+    worst = set(np.argsort(drops)[-3:]) if len(rows) > 3 else set()
+    colors = ["#c0392b" if i in worst else "#2a7ab9" for i in range(len(rows))]
+    ax.bar(range(len(rows)), values, color=colors)
+    ax.set_xticks(range(len(rows)), [f"{r['node']} ({r['wbits']}/{r['abits']})" for r in rows],
+                  rotation=90, fontsize=6)  # fmt: skip
+    ax.set_ylabel("output SQNR vs fp32 (dB)")
+    ax.set_title(f"{title}: red = the 3 largest drops from the previous layer", fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
