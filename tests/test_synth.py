@@ -143,3 +143,29 @@ def test_quantize_synthetic_only_and_mixed(tmp_path, cnn_bn):
     assert code == 0, err
     doc = json.loads(out)
     assert doc["proxy"]["method"] == "builtin" and doc["synthetic"]["sd_ratio"] == 0.25
+
+
+@pytest.mark.slow
+def test_torchrun_shards_synthesis_and_gives_the_single_process_images(tmp_path, cnn_bn):
+    import socket
+    import subprocess
+    import sys
+
+    onnx.save(cnn_bn, str(tmp_path / "m.onnx"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    args = ["synth", str(tmp_path / "m.onnx"), "-n", "20", "--iterations", "3", "--batch-size", "8"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+         "--master-port", port, "-m", "zerop_deploy", *args, "-o", str(tmp_path / "d.npz"),
+         "--device", "cpu", "--json"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout)["images"] == 20  # one document: rank 0 only
+    code, _, err = run(*args, "-o", tmp_path / "s.npz")
+    assert code == 0, err
+    with np.load(tmp_path / "d.npz") as d, np.load(tmp_path / "s.npz") as s:
+        assert np.array_equal(d["images"], s["images"])
+    assert not list(tmp_path.glob("*.partial*"))

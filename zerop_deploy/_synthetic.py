@@ -57,6 +57,7 @@ def for_quantize(
     data: DataConfig,
     seed: int,
     *,
+    device: torch.device,
     cache_path: Path,
     resume: bool,
     say: Callable[[str], None],
@@ -66,7 +67,7 @@ def for_quantize(
     Finished batches are kept in ``cache_path`` so that ``--resume`` after a kill does not redo
     them; the caller removes it when the run succeeds.
     """
-    from zerop_deploy.synth import SynthCache, synthesize
+    from zerop_deploy.synth import SynthCache, synthesize_sharded
 
     if data.synthetic == 0:
         return torch.empty(0, *chw, dtype=torch.uint8), {"images": 0, "sd_ratio": 0.0}
@@ -74,18 +75,12 @@ def for_quantize(
     h = hashlib.sha256(proto.SerializeToString())
     h.update(json.dumps([cfg.to_dict(), data.mean, data.std]).encode())
     cache = SynthCache(cache_path, h.hexdigest())
-    done = cache.load() if resume else {}
-
-    def saved(batches: dict) -> None:
-        cache.save(batches)
-        say(f"synthesised {sum(len(x) for x in batches.values())}/{cfg.images} images")
-
     say(f"synthesising {cfg.images} images ({cfg.iterations} iterations per batch)")
-    batches, seconds = synthesize(
-        teacher, proto, chw, cfg, mean=data.mean, std=data.std, done=done, on_batch=saved
-    )
+    batches, seconds, resumed = synthesize_sharded(
+        teacher.to(device), proto, chw, cfg, device, mean=data.mean, std=data.std, cache=cache,
+        resume=resume, on_progress=lambda n: say(f"synthesised {min(n, cfg.images)}/{cfg.images}"),
+    )  # fmt: skip
     images = torch.cat([batches[b] for b in sorted(batches)])
-    section = summary(teacher, proto, images, cfg, seconds, data.mean, data.std, len(done))
+    section = summary(teacher, proto, images, cfg, seconds, data.mean, data.std, resumed)
     ratio = 1.0 if data.proxy == ("none",) else data.sd_ratio
     return images, {"sd_ratio": ratio, **section}
-

@@ -128,7 +128,15 @@ def quantize(
     say(f"{len(proxy.train)} proxy images for training, {len(proxy.holdout)} held back")
     synth_cache = out.with_name(out.name + ".synth.npz")
     proxy.synthetic, proxy.synthetic_section = for_quantize(
-        teacher, proto, chw, data, train.seed, cache_path=synth_cache, resume=resume, say=say
+        teacher,
+        proto,
+        chw,
+        data,
+        train.seed,
+        device=device,
+        cache_path=synth_cache,
+        resume=resume,
+        say=say,
     )
     t_start = time.monotonic()
     student, plan, result = _fine_tune(
@@ -147,6 +155,7 @@ def quantize(
     from zerop_deploy.export import export_qdq, save_qdq
     from zerop_deploy.quant.qat import distributed_context
     from zerop_deploy.quant.student import layer_quants
+    from zerop_deploy.synth import cache_files
 
     rank, world = distributed_context(device)
     if world > 1:  # every rank is done training: leave the process group cleanly, together
@@ -172,7 +181,8 @@ def quantize(
         atomic_write_bytes(plot_layers, layer_chart(doc["layers"], out.name))
     atomic_write_text(rep, json.dumps(doc, indent=2) + "\n")
     out.with_name(out.name + ".ckpt").unlink(missing_ok=True)
-    synth_cache.unlink(missing_ok=True)
+    for f in cache_files(synth_cache):
+        f.unlink(missing_ok=True)
     agreement = doc["validation"]["fp32_vs_quant_top1_agreement"]
     if min_agreement is not None and agreement < min_agreement:
         err = QualityGateError(
@@ -404,8 +414,7 @@ def synthesize(
     """
     from zerop_deploy._synthetic import npz_bytes, summary
     from zerop_deploy.load import image_input_chw, load_model
-    from zerop_deploy.synth import SynthCache
-    from zerop_deploy.synth import synthesize as run
+    from zerop_deploy.synth import SynthCache, cache_files, synthesize_sharded
 
     cfg = cfg or SynthConfig()
     src = Path(model)
@@ -419,21 +428,27 @@ def synthesize(
     h = hashlib.sha256(src.read_bytes())
     h.update(json.dumps([cfg.to_dict(), mean, std]).encode())
     cache = SynthCache(out.with_name(out.name + ".partial"), h.hexdigest())
-    done = cache.load() if resume else {}
+    batches, seconds, resumed = synthesize_sharded(
+        teacher, loaded.proto, chw, cfg, dev, mean=mean, std=std, cache=cache, resume=resume,
+        on_progress=lambda n: _say(progress, f"synthesised {min(n, cfg.images)}/{cfg.images}"),
+    )  # fmt: skip
+    from zerop_deploy.quant.qat import distributed_context
 
-    def saved(batches: dict) -> None:
-        cache.save(batches)
-        _say(progress, f"synthesised {sum(len(x) for x in batches.values())}/{cfg.images} images")
+    rank, world = distributed_context(dev)
+    if world > 1:
+        import torch.distributed as dist
 
-    batches, seconds = run(
-        teacher, loaded.proto, chw, cfg, mean=mean, std=std, done=done, on_batch=saved
-    )
+        dist.barrier()
+        dist.destroy_process_group()
+    if rank != 0:  # torchrun: rank 0 writes the file
+        return {}
     images = torch.cat([batches[b] for b in sorted(batches)])
-    doc = summary(teacher, loaded.proto, images, cfg, seconds, mean, std, len(done))
+    doc = summary(teacher, loaded.proto, images, cfg, seconds, mean, std, resumed)
     atomic_write_bytes(out, npz_bytes(images, teacher, cfg, mean, std))
     if preview is not None:
         from zerop_deploy.plots import contact_sheet
 
         atomic_write_bytes(preview, contact_sheet(images[:128].numpy()))
-    cache.remove()
+    for f in cache_files(cache.path):
+        f.unlink(missing_ok=True)
     return {"model": str(src), "output": str(out), **doc}

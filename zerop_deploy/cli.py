@@ -268,6 +268,8 @@ def synth_cmd(
         )
     except KeyboardInterrupt:
         fail("interrupted; finished batches are kept: rerun the same command with --resume", 130)
+    if not doc:  # torchrun: ranks other than 0
+        return
     if as_json:
         print_json(doc)
         return

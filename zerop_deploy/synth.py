@@ -218,3 +218,59 @@ class SynthCache:
 def target_labels(cfg: SynthConfig, classes: int) -> np.ndarray:
     """The class each synthetic image was optimised towards (image i -> i mod classes)."""
     return (np.arange(cfg.images) % classes).astype(np.int64)
+
+
+def synthesize_sharded(
+    teacher: nn.Module,
+    proto: onnx.ModelProto,
+    chw: tuple[int, int, int],
+    cfg: SynthConfig,
+    device: torch.device,
+    *,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
+    cache: SynthCache | None = None,
+    resume: bool = False,
+    on_progress: Callable[[int], None] | None = None,
+) -> tuple[dict[int, torch.Tensor], float, int]:
+    """:func:`synthesize` shared by the processes of ``torchrun`` (batch b goes to rank b mod N).
+
+    Every rank ends with all batches (gathered); each keeps its own finished batches in
+    ``cache`` (``.rank<r>`` appended to the name under torchrun) for ``resume``.
+
+    Returns:
+        ``(batches, seconds, batches taken from the cache)``.
+    """
+    from zerop_deploy.quant.qat import distributed_context
+
+    rank, world = distributed_context(device)
+    count = math.ceil(cfg.images / cfg.batch_size)
+    mine = [b for b in range(count) if b % world == rank]
+    if cache is not None and world > 1:
+        cache = SynthCache(cache.path.with_name(f"{cache.path.name}.rank{rank}"), cache.fingerprint)
+    done = {b: x for b, x in (cache.load() if cache and resume else {}).items() if b in mine}
+
+    def saved(batches: dict[int, torch.Tensor]) -> None:
+        if cache is not None:
+            cache.save(batches)
+        if on_progress is not None:
+            on_progress(sum(len(x) for x in batches.values()) * world)
+
+    out, seconds = synthesize(
+        teacher, proto, chw, cfg, mean=mean, std=std, batches=mine, done=done, on_batch=saved
+    )
+    if world > 1:
+        import torch.distributed as dist
+
+        parts: list[dict[int, torch.Tensor] | None] = [None] * world
+        dist.all_gather_object(parts, out)
+        out = {b: x for part in parts if part for b, x in part.items()}
+    return out, seconds, len(done)
+
+
+def cache_files(path) -> list:
+    """The cache file and the per-rank ones torchrun runs left next to it."""
+    from pathlib import Path
+
+    p = Path(path)
+    return [p, *p.parent.glob(f"{p.name}.rank*")]
