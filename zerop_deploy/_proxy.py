@@ -6,11 +6,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import onnx
 import torch
 from torch import nn
 
 from zerop_deploy.config import DataConfig
+from zerop_deploy.errors import InputError
 
 
 @dataclass
@@ -41,8 +43,9 @@ def proxy_data(
 ) -> ProxyData:
     """Resolve ``data.proxy`` into images, ranking ``data.candidates`` first for ``"auto"``.
 
-    At most ``data.proxy_images`` images and ``data.max_pool_bytes`` bytes are held (sampled at
-    random, evenly over the sources); ``data.holdout`` of them (at most 1,000) are kept back for
+    At most ``data.proxy_images`` images are used (sampled at random, evenly over the sources);
+    up to ``data.max_pool_bytes`` they are read once and held, beyond that they are streamed
+    (:class:`StreamedImages`). ``data.holdout`` of them (at most 1,000) are kept back for
     validation.
     """
     from zerop_deploy.data import load_pool
@@ -65,19 +68,86 @@ def proxy_data(
         sources = open_sources(data.proxy, data, seed)
         if data.proxy == ("builtin",):
             section["method"] = "builtin"
-    wanted = data.max_pool_bytes // (chw[0] * chw[1] * chw[2])
+    per_image = chw[0] * chw[1] * chw[2]
+    counts = [s.count for s in sources]
     if data.proxy_images is not None:
-        wanted = min(wanted, data.proxy_images)
-    per_source = max(1, wanted // len(sources))
-    pools = [load_pool(s, chw, limit=per_source, seed=seed) for s in sources]
+        counts = [min(c, max(1, data.proxy_images // len(sources))) for c in counts]
+    section.update(
+        chosen=", ".join(s.name for s in sources), total_images=sum(s.count for s in sources)
+    )
+    if sum(counts) * per_image > data.max_pool_bytes:
+        return _streamed(sources, counts, chw, data, seed, section)
+    pools = [load_pool(s, chw, limit=c, seed=seed) for s, c in zip(sources, counts, strict=True)]
     x = torch.cat([p.images for p in pools])
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
     n_hold = min(1000, int(len(x) * data.holdout))
     section.update(
-        chosen=", ".join(s.name for s in sources),
         images=len(x) - n_hold,
         holdout=n_hold,
-        total_images=sum(s.count for s in sources),
         skipped_files=sum(p.skipped for p in pools),
+        streamed=False,
     )
     return ProxyData(x[perm[n_hold:]], x[perm[:n_hold]], section)
+
+
+class StreamedImages:
+    """Training images read from their sources whenever a batch needs them.
+
+    Used when the proxy images would take more than ``max_pool_bytes`` at the model's input size:
+    memory then stays flat however many images the sources hold. Indexing (an index tensor or a
+    slice) returns uint8 ``N x C x H x W``; an unreadable file is replaced by a readable image of
+    the same batch, so a batch is still a function of its indices (resumable).
+    """
+
+    def __init__(self, sources: list, positions: np.ndarray, chw: tuple[int, int, int]):
+        self.sources = sources
+        self.positions = positions  # [N, 2]: (source number, index in the source)
+        self.chw = chw
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, key) -> torch.Tensor:
+        picks = np.arange(len(self))[key] if isinstance(key, slice) else np.asarray(key)
+        rows = self.positions[picks.reshape(-1)]
+        out = torch.empty((len(rows), *self.chw), dtype=torch.uint8)
+        ok = np.zeros(len(rows), bool)
+        for k, src in enumerate(self.sources):
+            where = np.nonzero(rows[:, 0] == k)[0]
+            if len(where):
+                images, read = src.read(rows[where, 1], self.chw)
+                at = where[_read_mask(rows[where, 1], read)]
+                out[at], ok[at] = images, True
+        if len(rows) and not ok.any():
+            raise InputError(f"{self.sources[0].name}: a whole batch of images was unreadable")
+        if not ok.all():  # replace unreadable files by readable images of the same batch
+            good = np.nonzero(ok)[0]
+            bad = np.nonzero(~ok)[0]
+            out[bad] = out[good[np.arange(len(bad)) % len(good)]]
+        return out
+
+
+def _read_mask(asked: np.ndarray, read: np.ndarray) -> np.ndarray:
+    """Which of ``asked`` were read (``read`` is ``asked`` in order, minus unreadable files)."""
+    mask = np.zeros(len(asked), bool)
+    j = 0
+    for i, a in enumerate(asked):
+        if j < len(read) and read[j] == a:
+            mask[i] = True
+            j += 1
+    return mask
+
+
+def _streamed(sources, counts, chw, data: DataConfig, seed: int, section) -> ProxyData:
+    rng = np.random.default_rng(seed)
+    parts = [
+        np.stack([np.full(c, k), np.sort(rng.permutation(s.count)[:c])], 1)
+        for k, (s, c) in enumerate(zip(sources, counts, strict=True))
+    ]
+    positions = rng.permutation(np.concatenate(parts))
+    n_hold = min(1000, int(len(positions) * data.holdout))
+    pool = StreamedImages(sources, positions, chw)
+    holdout = pool[slice(0, n_hold)]
+    train = StreamedImages(sources, positions[n_hold:], chw)
+    section.update(images=len(train), holdout=n_hold, skipped_files=None, streamed=True)
+    return ProxyData(train, holdout, section)  # type: ignore[arg-type]

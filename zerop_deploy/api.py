@@ -278,7 +278,9 @@ def _add_layer_sqnr(doc, teacher, student, proto, plan, proxy, data: DataConfig)
     from zerop_deploy._report import layer_sqnr
     from zerop_deploy.data import normalize
 
-    x = proxy.holdout if len(proxy.holdout) else torch.cat([proxy.train, proxy.synthetic])
+    x = proxy.holdout
+    if len(x) == 0:
+        x = torch.cat([proxy.train[:256], proxy.synthetic[:256]])
     values = iter(layer_sqnr(teacher, student, _feature_pairs(proto, plan), normalize(
         x[:256], data.mean, data.std)))  # fmt: skip
     for entry, p in zip(doc["layers"], plan, strict=True):

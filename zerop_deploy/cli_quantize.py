@@ -78,7 +78,7 @@ from zerop_deploy.errors import QualityGateError
     "--proxy-images",
     type=click.IntRange(min=1),
     default=None,
-    help="Use at most this many proxy images (default: all that fit in 2 GiB).",
+    help="Use at most this many proxy images (default: all; big sets are streamed).",
 )
 @click.option(
     "--samples",

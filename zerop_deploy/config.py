@@ -183,9 +183,9 @@ class DataConfig:
         builtin_images: Size of the built-in pool.
         proxy_images: Use at most this many proxy images (drawn at random, deterministic for the
             seed), or all of them (None).
-        max_pool_bytes: At most this many bytes of proxy images (uint8 at the model's input
-            size) are held for training; bigger sources are sampled at random (the report says
-            how many images were used of how many).
+        max_pool_bytes: Proxy images (uint8 at the model's input size) up to this many bytes
+            are read once and held; bigger sets are streamed from their sources at every step,
+            so memory stays flat (the report says ``"streamed": true``).
         synthetic: Number of synthetic images (BNS-matched, :mod:`zerop_deploy.synth`) mixed
             into fine-tuning; 0 for none.
         sd_ratio: Fraction of every fine-tuning batch drawn from the synthetic images (ZeroP
@@ -202,7 +202,7 @@ class DataConfig:
     samples: int = 1024
     builtin_images: int = 4096
     proxy_images: int | None = None
-    max_pool_bytes: int = 2 << 30
+    max_pool_bytes: int = 256 << 20
     synthetic: int = 0
     sd_ratio: float = 0.5
     eval: str | None = None

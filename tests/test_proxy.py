@@ -1,0 +1,64 @@
+"""The proxy images quantize trains on: held in memory, or streamed when they are too big."""
+
+import numpy as np
+import torch
+from PIL import Image
+
+from zerop_deploy._proxy import StreamedImages, proxy_data
+from zerop_deploy.config import DataConfig
+from zerop_deploy.data import open_source
+
+
+def _folder(tmp_path, n=30):
+    d = tmp_path / "imgs"
+    d.mkdir()
+    for i in range(n):
+        Image.new("RGB", (12, 12), color=(i * 8, 255 - i * 8, 100)).save(d / f"{i:03d}.png")
+    (d / "015.png").write_bytes(b"\x89PNG but broken")  # one unreadable file
+    return d
+
+
+def test_big_sets_are_streamed_and_small_ones_held(tmp_path):
+    d = _folder(tmp_path)
+    kw = dict(teacher=None, proto=None, chw=(3, 8, 8), seed=0)
+    held = proxy_data(DataConfig(proxy=str(d), holdout=0.2), **kw)
+    assert isinstance(held.train, torch.Tensor) and held.section["streamed"] is False
+    assert held.section["skipped_files"] == 1 and len(held.train) + len(held.holdout) == 29
+    small = DataConfig(proxy=str(d), holdout=0.2, max_pool_bytes=10 * 3 * 8 * 8)
+    streamed = proxy_data(small, **kw)
+    assert isinstance(streamed.train, StreamedImages) and streamed.section["streamed"] is True
+    assert len(streamed.train) == 24 and len(streamed.holdout) == 6
+    batch = streamed.train[torch.tensor([0, 5, 5, 23])]
+    assert batch.dtype == torch.uint8 and batch.shape == (4, 3, 8, 8)
+    assert torch.equal(batch[1], batch[2])
+    assert torch.equal(streamed.train[torch.tensor([0, 5])], batch[:2])  # a function of indices
+    assert streamed.train[:3].shape == (3, 3, 8, 8)
+
+
+def test_an_unreadable_file_is_replaced_within_its_batch(tmp_path):
+    d = _folder(tmp_path)
+    src = open_source(d)
+    bad = [i for i, f in enumerate(sorted(d.iterdir())) if f.name == "015.png"][0]
+    pool = StreamedImages([src], np.array([[0, 1], [0, bad], [0, 2]]), (3, 8, 8))
+    x = pool[np.arange(3)]
+    assert torch.equal(x[1], x[0])  # the broken file's slot holds a readable image
+    assert x.float().std() > 0
+
+
+def test_quantize_trains_on_streamed_images(tmp_path, cnn_bn):
+    import onnx
+
+    from zerop_deploy.api import quantize
+    from zerop_deploy.config import TrainConfig
+
+    onnx.save(cnn_bn, str(tmp_path / "m.onnx"))
+    d = _folder(tmp_path, n=40)
+    doc = quantize(
+        tmp_path / "m.onnx",
+        output=tmp_path / "q.onnx",
+        train=TrainConfig(steps=3, batch_size=8, calib_images=16),
+        data=DataConfig(proxy=str(d), max_pool_bytes=1000),
+        progress=False,
+    )
+    assert doc["proxy"]["streamed"] is True and doc["training"]["steps"] == 3
+    assert doc["validation"]["images"] == 4 and (tmp_path / "q.onnx").is_file()
