@@ -7,7 +7,7 @@ dropped or renamed inputs, duplicated nodes). Every input goes through the real 
 ``read_model`` + ``convert_model`` + ``check_parity`` for models, ``open_source`` + ``load_pool``
 for images. A clean result is success or a :class:`~zerop_deploy.errors.ZeropError` (the CLI's
 exit 2); anything else is a crash. Inputs run in a forked worker, so a hard crash (signal) is
-caught and counted too; crashing inputs are copied next to the worker's folder.
+caught and counted too; crashing inputs are copied to ``$TMPDIR/zerop-fuzz-crash-*``.
 
     python benchmarks/fuzz.py --minutes 10 [--write]
 """
@@ -175,7 +175,7 @@ def _worker(seconds: float, seed: int, work: Path, conn) -> None:
             counts["clean_errors"] += 1
         except Exception as e:  # noqa: BLE001 - a crash is what we are looking for
             counts["crashes"].append(f"{kind}: {type(e).__name__}: {e}"[:300])
-            keep = work.parent / f"crash-{len(counts['crashes'])}-{path.name}"
+            keep = Path(tempfile.gettempdir()) / f"zerop-fuzz-crash-{seed}-{len(counts['crashes'])}"
             os.system(f"cp -r '{path}' '{keep}'")  # noqa: S605
             traceback.print_exc()
     conn.send(counts)
