@@ -54,3 +54,17 @@ class Variadic(click.Option):
                 single(state.rargs.pop(0), state)
 
         opt.process = process
+
+
+# options shared by several commands, declared once so they read the same everywhere
+json_option = click.option(
+    "--json", "as_json", is_flag=True, help="Print one JSON document on stdout."
+)
+seed_option = click.option("--seed", type=int, default=0, show_default=True)
+mean_option = click.option(
+    "--mean", type=str, default=None, help="Per-channel mean to subtract, e.g. 0.485,0.456,0.406."
+)
+std_option = click.option("--std", type=str, default=None, help="Per-channel std to divide by.")
+device_option = click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
+)

@@ -14,7 +14,17 @@ from typing import Any
 import click
 
 from zerop_deploy import __version__
-from zerop_deploy._cli_util import PROG, fail, floats, print_json
+from zerop_deploy._cli_util import (
+    PROG,
+    device_option,
+    fail,
+    floats,
+    json_option,
+    mean_option,
+    print_json,
+    seed_option,
+    std_option,
+)
 from zerop_deploy.cli_quantize import quantize_cmd
 from zerop_deploy.config import SynthConfig
 from zerop_deploy.errors import QualityGateError, ZeropError
@@ -49,7 +59,7 @@ def main() -> None:
 
 @main.command("inspect")
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@json_option
 def inspect_cmd(model: Path, as_json: bool) -> None:
     """Describe MODEL and check that it converts to PyTorch (exit 2 if it does not)."""
     from zerop_deploy.summary import format_summary, inspect_model
@@ -76,7 +86,7 @@ def inspect_cmd(model: Path, as_json: bool) -> None:
     "--steps", type=click.IntRange(min=1), default=300, show_default=True, help="Fine-tuning steps."
 )
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@json_option
 def demo_cmd(out_dir: Path, epochs: int, steps: int, quiet: bool, as_json: bool) -> None:
     """Train a small CNN on scikit-learn's digits, then quantize it to int4 without its data.
 
@@ -119,15 +129,15 @@ main.add_command(quantize_cmd)
     required=True,
     help="Images to compare on (folder, .npz, .npy); labels give accuracy.",
 )
-@click.option("--mean", type=str, default=None, help="Per-channel mean to subtract.")
-@click.option("--std", type=str, default=None, help="Per-channel std to divide by.")
+@mean_option
+@std_option
 @click.option(
     "--min-agreement",
     type=float,
     default=None,
     help="Exit 1 when top-1 agreement is below this fraction.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@json_option
 def validate_cmd(
     qmodel: Path,
     reference: Path,
@@ -167,14 +177,12 @@ def validate_cmd(
     show_default=True,
     help="Images drawn from each candidate.",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--mean", type=str, default=None, help="Per-channel mean to subtract.")
-@click.option("--std", type=str, default=None, help="Per-channel std to divide by.")
-@click.option(
-    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
-)
+@seed_option
+@mean_option
+@std_option
+@device_option
 @click.option("--plot", type=click.Path(path_type=Path), default=None, help="Bar chart PNG.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@json_option
 def select_proxy_cmd(
     model: Path,
     candidates: tuple[str, ...],
@@ -228,15 +236,13 @@ def select_proxy_cmd(
 @click.option(
     "--batch-size", type=click.IntRange(min=1), default=SynthConfig().batch_size, show_default=True
 )
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--mean", type=str, default=None, help="Per-channel mean to subtract.")
-@click.option("--std", type=str, default=None, help="Per-channel std to divide by.")
-@click.option(
-    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
-)
+@seed_option
+@mean_option
+@std_option
+@device_option
 @click.option("--preview", type=click.Path(path_type=Path), default=None, help="Contact sheet PNG.")
 @click.option("--resume", is_flag=True, help="Keep the batches a killed run finished.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@json_option
 def synth_cmd(
     model: Path,
     images: int,
@@ -307,7 +313,7 @@ def synth_cmd(
     show_default=True,
     help="Batch size for a dynamic batch dimension.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@json_option
 def bench_cmd(
     model: Path, qdq: Path | None, threads: int | None, batch: int, as_json: bool
 ) -> None:

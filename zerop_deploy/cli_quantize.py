@@ -7,7 +7,16 @@ from typing import Any
 
 import click
 
-from zerop_deploy._cli_util import Variadic, fail, floats, print_json
+from zerop_deploy._cli_util import (
+    Variadic,
+    device_option,
+    fail,
+    floats,
+    mean_option,
+    print_json,
+    seed_option,
+    std_option,
+)
 from zerop_deploy.errors import QualityGateError
 
 
@@ -109,20 +118,16 @@ from zerop_deploy.errors import QualityGateError
     default=None,
     help="Labelled images: report fp32 and quantized accuracy (onnxruntime).",
 )
-@click.option(
-    "--mean", type=str, default=None, help="Per-channel mean to subtract, e.g. 0.485,0.456,0.406."
-)
-@click.option("--std", type=str, default=None, help="Per-channel std to divide by.")
+@mean_option
+@std_option
 @click.option(
     "--report",
     type=click.Path(path_type=Path),
     default=None,
     help="Report JSON (default: next to the output, .report.json).",
 )
-@click.option(
-    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
-)
-@click.option("--seed", type=int, default=0, show_default=True)
+@device_option
+@seed_option
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint of a killed run.")
 @click.option(
     "--checkpoint-every",
