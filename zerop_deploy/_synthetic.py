@@ -61,12 +61,14 @@ def for_quantize(
     cache_path: Path,
     resume: bool,
     say: Callable[[str], None],
+    progress: bool = True,
 ) -> tuple[torch.Tensor, dict]:
     """The ``data.synthetic`` images quantize mixes in, and the report's "synthetic" section.
 
     Finished batches are kept in ``cache_path`` so that ``--resume`` after a kill does not redo
     them; the caller removes it when the run succeeds.
     """
+    from zerop_deploy._progress import bar, to
     from zerop_deploy.synth import SynthCache, synthesize_sharded
 
     if data.synthetic == 0:
@@ -76,10 +78,11 @@ def for_quantize(
     h.update(json.dumps([cfg.to_dict(), data.mean, data.std]).encode())
     cache = SynthCache(cache_path, h.hexdigest())
     say(f"synthesising {cfg.images} images ({cfg.iterations} iterations per batch)")
-    batches, seconds, resumed = synthesize_sharded(
-        teacher.to(device), proto, chw, cfg, device, mean=data.mean, std=data.std, cache=cache,
-        resume=resume, on_progress=lambda n: say(f"synthesised {min(n, cfg.images)}/{cfg.images}"),
-    )  # fmt: skip
+    with bar(cfg.images, "synthesising", enabled=progress, unit="img") as shown:
+        batches, seconds, resumed = synthesize_sharded(
+            teacher.to(device), proto, chw, cfg, device, mean=data.mean, std=data.std,
+            cache=cache, resume=resume, on_progress=lambda n: to(shown, n),
+        )  # fmt: skip
     images = torch.cat([batches[b] for b in sorted(batches)])
     section = summary(teacher, proto, images, cfg, seconds, data.mean, data.std, resumed)
     ratio = 1.0 if data.proxy == ("none",) else data.sd_ratio

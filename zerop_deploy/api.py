@@ -128,16 +128,9 @@ def quantize(
     say(f"{len(proxy.train)} proxy images for training, {len(proxy.holdout)} held back")
     synth_cache = out.with_name(out.name + ".synth.npz")
     proxy.synthetic, proxy.synthetic_section = for_quantize(
-        teacher,
-        proto,
-        chw,
-        data,
-        train.seed,
-        device=device,
-        cache_path=synth_cache,
-        resume=resume,
-        say=say,
-    )
+        teacher, proto, chw, data, train.seed, device=device, cache_path=synth_cache,
+        resume=resume, say=say, progress=progress,
+    )  # fmt: skip
     t_start = time.monotonic()
     student, plan, result = _fine_tune(
         teacher,
@@ -340,6 +333,7 @@ def select_proxy(
         "ranking": [{"candidate", "distance", "images", ...}]}``, best first. ``method`` is
         "output" for models without BatchNormalization statistics (BN folded into Conv).
     """
+    from zerop_deploy._progress import bar
     from zerop_deploy._proxy import open_sources
     from zerop_deploy.load import image_input_chw, load_model
     from zerop_deploy.stats import rank_candidates
@@ -353,17 +347,11 @@ def select_proxy(
     loaded = load_model(model)
     chw = image_input_chw(loaded.proto, str(model))
     teacher = loaded.module.to(resolve_device(device)).eval()
-    method, ranking = rank_candidates(
-        teacher,
-        loaded.proto,
-        sources,
-        chw,
-        samples=samples,
-        seed=seed,
-        mean=mean,
-        std=std,
-        on_done=lambda r: _say(progress, f"{r['candidate']}: distance {r['distance']:.4f}"),
-    )
+    with bar(len(sources), "scoring candidates", enabled=progress) as shown:
+        method, ranking = rank_candidates(
+            teacher, loaded.proto, sources, chw, samples=samples, seed=seed, mean=mean, std=std,
+            on_done=lambda _row: shown.update(1),
+        )  # fmt: skip
     doc: dict[str, Any] = {
         "model": str(model),
         "method": method,
@@ -414,6 +402,7 @@ def synthesize(
         ``{"model", "output", "method", "images", "iterations", "seconds", "images_per_second",
         "bns_distance"}``; ``method`` is "output" when the model has no BN statistics.
     """
+    from zerop_deploy._progress import bar, to
     from zerop_deploy._synthetic import npz_bytes, summary
     from zerop_deploy.load import image_input_chw, load_model
     from zerop_deploy.synth import SynthCache, cache_files, synthesize_sharded
@@ -430,10 +419,11 @@ def synthesize(
     h = hashlib.sha256(src.read_bytes())
     h.update(json.dumps([cfg.to_dict(), mean, std]).encode())
     cache = SynthCache(out.with_name(out.name + ".partial"), h.hexdigest())
-    batches, seconds, resumed = synthesize_sharded(
-        teacher, loaded.proto, chw, cfg, dev, mean=mean, std=std, cache=cache, resume=resume,
-        on_progress=lambda n: _say(progress, f"synthesised {min(n, cfg.images)}/{cfg.images}"),
-    )  # fmt: skip
+    with bar(cfg.images, "synthesising", enabled=progress, unit="img") as shown:
+        batches, seconds, resumed = synthesize_sharded(
+            teacher, loaded.proto, chw, cfg, dev, mean=mean, std=std, cache=cache,
+            resume=resume, on_progress=lambda n: to(shown, n),
+        )  # fmt: skip
     from zerop_deploy.quant.qat import distributed_context
 
     rank, world = distributed_context(dev)
