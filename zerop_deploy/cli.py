@@ -148,16 +148,16 @@ def validate_cmd(
     as_json: bool,
 ) -> None:
     """Check QMODEL against its fp32 REFERENCE in onnxruntime (agreement, logits, accuracy)."""
-    from zerop_deploy.data import load_images, to_model_input
+    from zerop_deploy.data import load_pool, normalize, open_source
     from zerop_deploy.load import image_input_chw, read_model
     from zerop_deploy.validate import format_validation, validate
 
     chw = image_input_chw(read_model(reference), str(reference))
-    images = load_images(data_path)
-    x = to_model_input(images.images, chw, mean=floats(mean, "--mean"), std=floats(std, "--std"))
+    pool = load_pool(open_source(data_path), chw)  # fitted straight to the model's input
+    x = normalize(pool.images, floats(mean, "--mean"), floats(std, "--std"))
     try:
         doc = validate(
-            qmodel, reference, images=x.numpy(), labels=images.labels, min_agreement=min_agreement
+            qmodel, reference, images=x.numpy(), labels=pool.labels, min_agreement=min_agreement
         )
     except QualityGateError as e:
         doc = getattr(e, "doc", None)
