@@ -126,3 +126,19 @@ def test_quantize_bad_input_is_one_line_exit_2(tmp_path, cnn_bn, extra, needle):
     assert code == 2, err
     assert err.count("\n") == 1 and needle in err and "Traceback" not in err
     assert sorted(f.name for f in tmp_path.iterdir()) == ["m.onnx", "x.npz"]  # nothing written
+
+
+def test_onnxruntime_failure_is_one_line_in_a_real_process(tmp_path, cnn_bn):
+    # a model whose input disagrees with its first Conv: onnxruntime fails at run time and must
+    # not print its own error log beside ours
+    m = onnx.ModelProto()
+    m.CopyFrom(cnn_bn)
+    m.graph.input[0].type.tensor_type.shape.dim[1].dim_value = 7
+    onnx.save(m, str(tmp_path / "bad.onnx"))
+    r = subprocess.run(
+        [sys.executable, "-m", "zerop_deploy", "inspect", str(tmp_path / "bad.onnx")],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "onnxruntime" in r.stderr and "Traceback" not in r.stderr

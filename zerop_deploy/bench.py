@@ -39,7 +39,7 @@ def _session(model: onnx.ModelProto | str, threads: int) -> Any:
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.log_severity_level = 3
+    so.log_severity_level = 4  # errors become our own one-line messages
     arg = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
     try:
         return ort.InferenceSession(arg, so, providers=["CPUExecutionProvider"])

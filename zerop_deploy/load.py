@@ -375,7 +375,7 @@ def run_onnxruntime(
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4  # errors become our own one-line messages
     arg: Any = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
     try:
         sess = ort.InferenceSession(arg, opts, providers=["CPUExecutionProvider"])

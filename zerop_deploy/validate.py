@@ -52,7 +52,7 @@ def _session(model: ModelLike) -> Any:
 
     proto = model if isinstance(model, onnx.ModelProto) else read_model(model)
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4  # errors become our own one-line messages
     try:
         sess = ort.InferenceSession(
             proto.SerializeToString(), opts, providers=["CPUExecutionProvider"]
