@@ -253,3 +253,29 @@ def test_normalize_mean_std():
         normalize(x, std=(1.0, 1.0, 1.0))
     with pytest.raises(ConfigError, match="positive"):
         normalize(x, std=(0.0,))
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"\x93NUMPY\x01\x00\x10\x00{'descr': '<u1',\n" + b" " * 8,  # header cut mid-dict
+        b"\x93NUMPY\x09\x00" + b"x" * 40,  # unknown format version
+    ],
+)
+def test_damaged_npy_headers_are_input_errors(tmp_path, payload):
+    # found by the fuzzer: numpy raised tokenize.TokenError / NotImplementedError
+    (tmp_path / "x.npy").write_bytes(payload)
+    with pytest.raises(InputError, match="cannot read the .npy"):
+        open_source(tmp_path / "x.npy")
+
+
+def test_unsupported_zip_features_are_input_errors(tmp_path):
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "x.npz", "w", compression=zipfile.ZIP_BZIP2) as z:
+        z.writestr("images.npy", b"\x93NUMPY")
+    data = bytearray((tmp_path / "x.npz").read_bytes())
+    data[data.index(b"PK\x01\x02") + 10] = 99  # a compression method zipfile does not know
+    (tmp_path / "x.npz").write_bytes(bytes(data))
+    with pytest.raises(InputError, match="cannot read the .npz"):
+        open_source(tmp_path / "x.npz")

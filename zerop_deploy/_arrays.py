@@ -26,8 +26,10 @@ def open_npz(p: Path) -> tuple[np.ndarray, np.ndarray | None]:
             labels = z["labels"] if "labels" in z.files else None
             images = npz_memmap(p, "images.npy")
             return (z["images"] if images is None else images), labels
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise InputError(f"{p}: cannot read the .npz ({e}); {FIX}") from e
+    except InputError:
+        raise
+    except Exception as e:  # noqa: BLE001 - numpy/zipfile raise many types on damaged files
+        raise InputError(f"{p}: cannot read the .npz ({type(e).__name__}: {e}); {FIX}") from e
 
 
 def npz_memmap(p: Path, member: str) -> np.memmap | None:

@@ -24,6 +24,7 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import external_data_helper
 
+from zerop_deploy._tensor_checks import check_tensor_sizes, graph_constants
 from zerop_deploy.errors import InputError, UnsupportedModelError, ValidationError
 
 if TYPE_CHECKING:
@@ -107,6 +108,7 @@ def read_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
         ) from e
     _check_structure(proto, p)
     _load_external_data(proto, p)
+    check_tensor_sizes(graph_constants(proto.graph), str(p))
     try:
         onnx.checker.check_model(proto)
     except (onnx.checker.ValidationError, ValueError) as e:
