@@ -5,8 +5,9 @@
 2. Quality: the BNS distance of that synthetic set next to every real candidate's
    (``select-proxy`` over the synthetic file, the shared proxy candidates and a Gaussian-noise set).
 3. The ZeroP claim at W4A4 (``--bits 4``) with the same fine-tuning budget: synthetic only
-   (``--proxy none --synthetic N``), best proxy only (``--proxy BEST``), proxy + synthetic
-   (``--proxy BEST --synthetic N --sd-ratio 0.5``); accuracy on ``cifar10_test.npz`` by
+   (``--proxy none --synthetic SYNTH.npz``), best proxy only (``--proxy BEST``), proxy +
+   synthetic (``--proxy BEST --synthetic SYNTH.npz --sd-ratio 0.5``), SYNTH.npz being the set
+   of part 1; accuracy on ``cifar10_test.npz`` by
    onnxruntime. BEST is the top candidate of the BNS ranking (``proxy_study.json``, else
    ``tinyimagenet_val_2k.npz``).
 
@@ -73,11 +74,13 @@ def speed_and_quality(net: str, model: Path, args, tmp: Path) -> dict:
     return row
 
 
-def mix_row(net: str, model: Path, variant: str, best: str, args, tmp: Path) -> dict:
+def mix_row(
+    net: str, model: Path, variant: str, best: str, synthetic: Path, args, tmp: Path
+) -> dict:
     proxy = {
-        "synthetic only": ["--proxy", "none", "--synthetic", str(args.images)],
+        "synthetic only": ["--proxy", "none", "--synthetic", str(synthetic)],
         "proxy only": ["--proxy", best],
-        "proxy + synthetic": ["--proxy", best, "--synthetic", str(args.images)],
+        "proxy + synthetic": ["--proxy", best, "--synthetic", str(synthetic)],
     }[variant]
     cmd = _zerop(
         "quantize", str(model), "-o", str(tmp / f"{net}.int4.onnx"), "--bits", "4", *proxy,
@@ -93,7 +96,7 @@ def mix_row(net: str, model: Path, variant: str, best: str, args, tmp: Path) -> 
         "accuracy": rep["accuracy"]["quantized"],
         "fp32": rep["accuracy"]["fp32"],
         "steps": rep["training"]["steps"],
-        "synthesis_s": rep["synthetic"].get("seconds"),
+        "synthetic": rep["synthetic"].get("images"),
         "wall_s": round(wall, 1),
         "command": " ".join(cmd).replace(str(tmp), "TMP").replace(sys.executable, "python"),
     }
@@ -121,7 +124,7 @@ def report(doc: dict) -> str:
         )
     lines += [
         "",
-        "| network | fine-tuning data | W4A4 top-1 (%) | vs fp32 | steps | synthesis (s) |",
+        "| network | fine-tuning data | W4A4 top-1 (%) | vs fp32 | steps | synthetic images |",
         "|---|---|---|---|---|---|",
     ]
     for r in doc.get("mix", []):
@@ -129,7 +132,7 @@ def report(doc: dict) -> str:
         lines.append(
             f"| {r['net']} | {name} | {100 * r['accuracy']:.2f} | "
             f"{100 * (r['accuracy'] - r['fp32']):+.2f} | {r['steps']} | "
-            f"{r['synthesis_s'] if r['synthesis_s'] is not None else '-'} |"
+            f"{r['synthetic'] or '-'} |"
         )
     for net in NETS:
         acc = {r["variant"]: r["accuracy"] for r in doc.get("mix", []) if r["net"] == net}
@@ -166,8 +169,12 @@ def main() -> None:
                 name = _best(net)
                 best = "builtin" if name == "builtin" else str(args.data / f"{name}.npz")
                 doc["mix"] = [r for r in doc["mix"] if r["net"] != net]
+                synthetic = tmp / f"{net}-synth.npz"  # made by the speed part, reused as it is
+                if not synthetic.exists():
+                    run_command(_zerop("synth", str(model), "-n", str(args.images), "-o",
+                                       str(synthetic)))  # fmt: skip
                 for variant in ("synthetic only", "proxy only", "proxy + synthetic"):
-                    doc["mix"].append(mix_row(net, model, variant, best, args, tmp))
+                    doc["mix"].append(mix_row(net, model, variant, best, synthetic, args, tmp))
             RESULTS.parent.mkdir(exist_ok=True)
             RESULTS.write_text(json.dumps(doc, indent=2) + "\n")
     text = report(doc)

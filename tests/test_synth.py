@@ -107,6 +107,16 @@ def test_synth_cli_writes_npz_preview_and_json(tmp_path, trained):
     # the file is usable as proxy data
     code, out, err = run("select-proxy", tmp_path / "m.onnx", tmp_path / "s.npz", "--json")
     assert code == 0, err
+    # and as the synthetic part of a ZeroP mix, reused as it is
+    code, out, err = run(
+        "quantize", tmp_path / "m.onnx", "-o", tmp_path / "q.onnx", "--proxy", "none",
+        "--synthetic", tmp_path / "s.npz", "--steps", "2", "--json", "--quiet",
+    )  # fmt: skip
+    assert code == 0, err
+    syn = json.loads(out)["synthetic"]
+    assert syn["method"] == "file" and syn["images"] == 12 and syn["sd_ratio"] == 1.0
+    code, _, err = run("quantize", tmp_path / "m.onnx", "--synthetic", tmp_path / "no.npz")
+    assert code == 2 and "no.npz" in err
 
 
 @pytest.mark.parametrize(

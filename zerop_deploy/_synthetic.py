@@ -71,8 +71,19 @@ def for_quantize(
     from zerop_deploy._progress import bar, to
     from zerop_deploy.synth import SynthCache, synthesize_sharded
 
+    ratio = 1.0 if data.proxy == ("none",) else data.sd_ratio
     if data.synthetic == 0:
         return torch.empty(0, *chw, dtype=torch.uint8), {"images": 0, "sd_ratio": 0.0}
+    if isinstance(data.synthetic, str):  # a set made before by `zerop-deploy synth`
+        from zerop_deploy.data import load_pool, open_source
+
+        pool = load_pool(open_source(data.synthetic), chw)
+        return pool.images, {
+            "images": len(pool.images),
+            "sd_ratio": ratio,
+            "method": "file",
+            "source": data.synthetic,
+        }
     cfg = SynthConfig(images=data.synthetic, seed=seed)
     h = hashlib.sha256(proto.SerializeToString())
     h.update(json.dumps([cfg.to_dict(), data.mean, data.std]).encode())
@@ -85,5 +96,4 @@ def for_quantize(
         )  # fmt: skip
     images = torch.cat([batches[b] for b in sorted(batches)])
     section = summary(teacher, proto, images, cfg, seconds, data.mean, data.std, resumed)
-    ratio = 1.0 if data.proxy == ("none",) else data.sd_ratio
     return images, {"sd_ratio": ratio, **section}

@@ -115,6 +115,8 @@ def quantize(
 
     open_sources(tuple(p for p in data.proxy if p not in ("auto", "none")), data, train.seed)
     open_sources(data.candidates, data, train.seed)
+    if isinstance(data.synthetic, str):
+        open_sources((data.synthetic,), data, train.seed)
     if data.eval is not None and open_sources((data.eval,), data, train.seed)[0].labels is None:
         raise InputError(
             f"{data.eval}: --eval needs labelled images (.npz 'labels' or class folders)"

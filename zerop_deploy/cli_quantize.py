@@ -71,10 +71,11 @@ from zerop_deploy.errors import QualityGateError
 )
 @click.option(
     "--synthetic",
-    type=click.IntRange(min=0),
-    default=0,
+    type=str,
+    default="0",
     show_default=True,
-    help="Synthetic images (BN-statistics matching) mixed into fine-tuning.",
+    help="Synthetic images (BN-statistics matching) to make and mix into fine-tuning, or the "
+    ".npz of a set made by `zerop-deploy synth`.",
 )
 @click.option(
     "--sd-ratio",
@@ -160,7 +161,7 @@ def quantize_cmd(
     layer_config: Path | None,
     proxy: tuple[str, ...],
     candidates: tuple[str, ...],
-    synthetic: int,
+    synthetic: str,
     sd_ratio: float,
     proxy_images: int | None,
     samples: int,

@@ -186,8 +186,9 @@ class DataConfig:
         max_pool_bytes: Proxy images (uint8 at the model's input size) up to this many bytes
             are read once and held; bigger sets are streamed from their sources at every step,
             so memory stays flat (the report says ``"streamed": true``).
-        synthetic: Number of synthetic images (BNS-matched, :mod:`zerop_deploy.synth`) mixed
-            into fine-tuning; 0 for none.
+        synthetic: Number of synthetic images (BNS-matched, :mod:`zerop_deploy.synth`) made and
+            mixed into fine-tuning, 0 for none; or the path of a set ``zerop-deploy synth``
+            made before (reused as it is).
         sd_ratio: Fraction of every fine-tuning batch drawn from the synthetic images (ZeroP
             uses 0.5); 1 when there is no proxy data.
         eval: Labelled images for the accuracy of fp32 and quantized models, or None.
@@ -203,7 +204,7 @@ class DataConfig:
     builtin_images: int = 4096
     proxy_images: int | None = None
     max_pool_bytes: int = 256 << 20
-    synthetic: int = 0
+    synthetic: int | str = 0
     sd_ratio: float = 0.5
     eval: str | None = None
     mean: tuple[float, ...] | None = None
@@ -229,7 +230,9 @@ class DataConfig:
                 "--proxy none: no images to fine-tune on; add --synthetic N (synthetic-only) "
                 "or give proxy data"
             )
-        if not 0 <= self.synthetic <= 10_000_000:
+        if isinstance(self.synthetic, str) and self.synthetic.isdigit():
+            object.__setattr__(self, "synthetic", int(self.synthetic))
+        if isinstance(self.synthetic, int) and not 0 <= self.synthetic <= 10_000_000:
             raise ConfigError(f"--synthetic {self.synthetic}: must be between 0 and 10,000,000")
         if not 0 <= self.sd_ratio <= 1:
             raise ConfigError(f"--sd-ratio {self.sd_ratio}: must be in [0, 1]")
