@@ -102,6 +102,7 @@ def test_version():
     [
         (["--proxy", "auto"], "--candidates"),
         (["--proxy", "none"], "--synthetic"),
+        (["--proxy", "none", "--synthetic", "-5"], "--synthetic -5"),
         (["--proxy", "auto", "x.npz"], "stands alone"),
         (["--candidates", "x.npz"], "--proxy auto"),
         (["--proxy", "auto", "--candidates", "/nonexistent/c"], "/nonexistent/c"),

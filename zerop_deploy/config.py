@@ -225,13 +225,13 @@ class DataConfig:
             raise ConfigError("--proxy auto: give the sets to choose from with --candidates PATH")
         if self.candidates and self.proxy != ("auto",):
             raise ConfigError("--candidates: only used with --proxy auto")
+        if isinstance(self.synthetic, str) and self.synthetic.lstrip("-").isdigit():
+            object.__setattr__(self, "synthetic", int(self.synthetic))
         if self.proxy == ("none",) and self.synthetic == 0:
             raise ConfigError(
                 "--proxy none: no images to fine-tune on; add --synthetic N (synthetic-only) "
                 "or give proxy data"
             )
-        if isinstance(self.synthetic, str) and self.synthetic.isdigit():
-            object.__setattr__(self, "synthetic", int(self.synthetic))
         if isinstance(self.synthetic, int) and not 0 <= self.synthetic <= 10_000_000:
             raise ConfigError(f"--synthetic {self.synthetic}: must be between 0 and 10,000,000")
         if not 0 <= self.sd_ratio <= 1:
