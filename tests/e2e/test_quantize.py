@@ -300,3 +300,34 @@ def test_validate_command_on_an_exported_model(workdir, tmp_path):
         str(workdir / "eval.npz"),
     )
     assert table.returncode == 0 and "top-1 agreement" in table.stdout
+
+
+def test_ctrl_c_keeps_a_checkpoint_and_resume_gives_the_same_model(workdir, tmp_path):
+    args = [
+        "quantize", str(workdir / "m.onnx"), "--proxy", str(workdir / "proxy.npz"),
+        "--steps", "200", "--checkpoint-every", "0", "--quiet", "--seed", "5",
+    ]  # fmt: skip
+    ref = tmp_path / "ref.onnx"
+    assert _cli(*args, "-o", str(ref)).returncode == 0
+    out, ckpt = tmp_path / "int.onnx", tmp_path / "int.onnx.ckpt"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "zerop_deploy", *args, "-o", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 240
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be interrupted; raise --steps"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert len(err.strip().splitlines()) == 1 and "--resume" in err and "Traceback" not in err
+    assert ckpt.exists() and not out.exists()
+    resumed = _cli(*args, "-o", str(out), "--resume", "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = onnx.load(str(ref)), onnx.load(str(out))
+    assert {t.name: t.raw_data for t in a.graph.initializer} == {
+        t.name: t.raw_data for t in b.graph.initializer
+    }
