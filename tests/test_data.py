@@ -279,3 +279,24 @@ def test_unsupported_zip_features_are_input_errors(tmp_path):
     (tmp_path / "x.npz").write_bytes(bytes(data))
     with pytest.raises(InputError, match="cannot read the .npz"):
         open_source(tmp_path / "x.npz")
+
+
+def test_a_decompression_bomb_header_is_skipped_without_decoding(tmp_path):
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    # a valid PNG header claiming 50,000 x 50,000 RGB pixels (7.5 GB decoded), a few bytes long
+    ihdr = struct.pack(">IIBBBBB", 50_000, 50_000, 8, 2, 0, 0, 0)
+    bomb = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+    (tmp_path / "bomb.png").write_bytes(bomb + chunk(b"IEND", b""))
+    Image.new("RGB", (8, 8), (9, 9, 9)).save(tmp_path / "ok.png")
+    pool = load_pool(open_source(tmp_path), (3, 8, 8))
+    assert len(pool.images) == 1 and pool.skipped == 1
+    (tmp_path / "ok.png").unlink()
+    with pytest.raises(InputError, match="could be read"):
+        load_pool(open_source(tmp_path), (3, 8, 8))

@@ -24,3 +24,15 @@ def test_output_over_the_input_or_in_a_missing_folder_is_refused(tmp_path):
         check_output_path(src, [src])
     with pytest.raises(InputError, match="does not exist"):
         check_output_path(tmp_path / "no" / "o.onnx")
+
+
+def test_disk_full_while_writing_leaves_nothing_behind(tmp_path, monkeypatch):
+    import errno
+
+    def full(_fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(InputError, match="No space left on device"):
+        atomic_write_bytes(tmp_path / "out.onnx", b"x" * 1000)
+    assert list(tmp_path.iterdir()) == []  # no partial output, no temp file
