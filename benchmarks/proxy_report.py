@@ -119,10 +119,15 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--write", action="store_true")
     args = ap.parse_args()
-    doc = json.loads((ROOT / "benchmarks" / "results" / "proxy_study.json").read_text())
-    text = report(doc, args.steps)
+    publish(json.loads((ROOT / "benchmarks" / "results" / "proxy_study.json").read_text()),
+            args.steps, write=args.write)  # fmt: skip
+
+
+def publish(doc: dict, steps: int, *, write: bool) -> None:
+    """Print the section and, with ``write``, put it into BENCHMARKS.md."""
+    text = report(doc, steps)
     print(text)
-    if args.write:
+    if write:
         write_section("proxy", "Proxy-data selection (issue 7)", text)
 
 

@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from _common import ROOT, SHARED, run_command, write_section
+from _common import ROOT, SHARED, run_command
 
 NETS = {"resnet20": "resnet20_cifar10", "shufflenet": "shufflenetv2_x0_5_cifar10"}
 RESULTS = ROOT / "benchmarks" / "results" / "proxy_study.json"
@@ -145,12 +145,9 @@ def main() -> None:
                 for n in (256, 1024):
                     doc["runs"].append(quantize_row(net, model, best, path, args, tmp, n))
                     _save(doc)
-    from proxy_report import report
+    from proxy_report import publish
 
-    text = report(doc, args.steps)
-    print(text)
-    if args.write:
-        write_section("proxy", "Proxy-data selection (issue 7)", text)
+    publish(doc, args.steps, write=args.write)
 
 
 if __name__ == "__main__":
