@@ -39,6 +39,11 @@ def _cli(*args, timeout=300):
     )
 
 
+def _q(workdir):
+    """The start of every quantize command here: the small CNN and its proxy images."""
+    return ["quantize", str(workdir / "m.onnx"), "--proxy", str(workdir / "proxy.npz")]
+
+
 def _sha(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -52,11 +57,8 @@ def test_quantize_exports_a_checked_qdq_model_that_agrees(workdir, bits):
 
     before = _sha(workdir / "m.onnx")
     proc = _cli(
-        "quantize",
-        str(workdir / "m.onnx"),
+        *_q(workdir),
         *bits,
-        "--proxy",
-        str(workdir / "proxy.npz"),
         "--steps",
         "15",
         "--eval",
@@ -84,12 +86,9 @@ def test_quantize_exports_a_checked_qdq_model_that_agrees(workdir, bits):
 
 def test_output_over_the_input_is_refused(workdir):
     proc = _cli(
-        "quantize",
-        str(workdir / "m.onnx"),
+        *_q(workdir),
         "-o",
         str(workdir / "m.onnx"),
-        "--proxy",
-        str(workdir / "proxy.npz"),
         "--steps",
         "1",
     )
@@ -100,12 +99,9 @@ def test_output_over_the_input_is_refused(workdir):
 def test_min_agreement_gate_exits_1_but_writes(workdir, tmp_path):
     out = tmp_path / "g.onnx"
     proc = _cli(
-        "quantize",
-        str(workdir / "m.onnx"),
+        *_q(workdir),
         "-o",
         str(out),
-        "--proxy",
-        str(workdir / "proxy.npz"),
         "--steps",
         "2",
         "--min-agreement",
@@ -113,12 +109,9 @@ def test_min_agreement_gate_exits_1_but_writes(workdir, tmp_path):
     )
     assert proc.returncode == 2 and "--min-agreement" in proc.stderr  # 1.01 is not a fraction
     proc = _cli(
-        "quantize",
-        str(workdir / "m.onnx"),
+        *_q(workdir),
         "-o",
         str(out),
-        "--proxy",
-        str(workdir / "proxy.npz"),
         "--steps",
         "2",
         "--min-agreement",
@@ -136,12 +129,9 @@ def test_min_agreement_gate_exits_1_but_writes(workdir, tmp_path):
     else:
         assert proc.returncode == 0
     proc = _cli(
-        "quantize",
-        str(workdir / "m.onnx"),
+        *_q(workdir),
         "-o",
         str(out),
-        "--proxy",
-        str(workdir / "proxy.npz"),
         "--steps",
         "2",
         "--min-agreement",
@@ -152,10 +142,7 @@ def test_min_agreement_gate_exits_1_but_writes(workdir, tmp_path):
 
 def test_kill_9_then_resume_gives_the_same_model(workdir, tmp_path):
     args = [
-        "quantize",
-        str(workdir / "m.onnx"),
-        "--proxy",
-        str(workdir / "proxy.npz"),
+        *_q(workdir),
         "--steps",
         "200",
         "--checkpoint-every",
@@ -168,28 +155,36 @@ def test_kill_9_then_resume_gives_the_same_model(workdir, tmp_path):
     assert _cli(*args, "-o", str(ref)).returncode == 0
 
     out = tmp_path / "killed.onnx"
-    ckpt = tmp_path / "killed.onnx.ckpt"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "zerop_deploy", *args, "-o", str(out)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 240
-    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
+    proc = _start_until_checkpoint(args, out, stderr=subprocess.DEVNULL)
     time.sleep(0.2)
     assert proc.poll() is None, "the run finished before it could be killed; raise --steps"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert ckpt.exists() and not out.exists()  # no partial output
+    assert out.with_name(out.name + ".ckpt").exists() and not out.exists()  # no partial output
     resumed = _cli(*args, "-o", str(out), "--resume", "--json")
     assert resumed.returncode == 0, resumed.stderr
     doc = json.loads(resumed.stdout)
     assert doc["training"]["resumed_from_step"] > 0
-    a, b = onnx.load(str(ref)), onnx.load(str(out))
-    wa = {t.name: t.raw_data for t in a.graph.initializer}
-    wb = {t.name: t.raw_data for t in b.graph.initializer}
-    assert wa == wb
+    assert _weights(ref) == _weights(out)
+
+
+def _start_until_checkpoint(args, out, *, stderr):
+    """Start ``zerop-deploy *args -o out`` and return once its first checkpoint exists."""
+    ckpt = out.with_name(out.name + ".ckpt")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "zerop_deploy", *args, "-o", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
+        text=True,
+    )
+    deadline = time.time() + 240
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    return proc
+
+
+def _weights(path):
+    return {t.name: t.raw_data for t in onnx.load(str(path)).graph.initializer}
 
 
 def _free_port():
@@ -213,12 +208,9 @@ def test_torchrun_two_cpu_processes_train_with_ddp(workdir, tmp_path):
             _free_port(),
             "-m",
             "zerop_deploy",
-            "quantize",
-            str(workdir / "m.onnx"),
+            *_q(workdir),
             "-o",
             str(out),
-            "--proxy",
-            str(workdir / "proxy.npz"),
             "--steps",
             "8",
             "--batch-size",
@@ -238,12 +230,9 @@ def test_torchrun_two_cpu_processes_train_with_ddp(workdir, tmp_path):
     single = tmp_path / "single.onnx"
     assert (
         _cli(
-            "quantize",
-            str(workdir / "m.onnx"),
+            *_q(workdir),
             "-o",
             str(single),
-            "--proxy",
-            str(workdir / "proxy.npz"),
             "--steps",
             "8",
             "--batch-size",
@@ -266,12 +255,9 @@ def test_validate_command_on_an_exported_model(workdir, tmp_path):
     out = tmp_path / "v.onnx"
     assert (
         _cli(
-            "quantize",
-            str(workdir / "m.onnx"),
+            *_q(workdir),
             "-o",
             str(out),
-            "--proxy",
-            str(workdir / "proxy.npz"),
             "--steps",
             "3",
             "--quiet",
@@ -304,30 +290,19 @@ def test_validate_command_on_an_exported_model(workdir, tmp_path):
 
 def test_ctrl_c_keeps_a_checkpoint_and_resume_gives_the_same_model(workdir, tmp_path):
     args = [
-        "quantize", str(workdir / "m.onnx"), "--proxy", str(workdir / "proxy.npz"),
+        *_q(workdir),
         "--steps", "200", "--checkpoint-every", "0", "--quiet", "--seed", "5",
     ]  # fmt: skip
     ref = tmp_path / "ref.onnx"
     assert _cli(*args, "-o", str(ref)).returncode == 0
-    out, ckpt = tmp_path / "int.onnx", tmp_path / "int.onnx.ckpt"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "zerop_deploy", *args, "-o", str(out)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.time() + 240
-    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
+    out = tmp_path / "int.onnx"
+    proc = _start_until_checkpoint(args, out, stderr=subprocess.PIPE)
     assert proc.poll() is None, "the run finished before it could be interrupted; raise --steps"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert len(err.strip().splitlines()) == 1 and "--resume" in err and "Traceback" not in err
-    assert ckpt.exists() and not out.exists()
+    assert out.with_name(out.name + ".ckpt").exists() and not out.exists()
     resumed = _cli(*args, "-o", str(out), "--resume", "--json")
     assert resumed.returncode == 0, resumed.stderr
-    a, b = onnx.load(str(ref)), onnx.load(str(out))
-    assert {t.name: t.raw_data for t in a.graph.initializer} == {
-        t.name: t.raw_data for t in b.graph.initializer
-    }
+    assert _weights(ref) == _weights(out)
