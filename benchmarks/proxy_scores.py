@@ -28,8 +28,8 @@ from proxy_study import NETS, UPPER, _candidates
 from zerop_deploy.data import load_pool, normalize, open_source
 from zerop_deploy.load import load_model
 from zerop_deploy.stats import (
-    _STD_FLOOR,
     bns_distance,
+    floored_std,
     observe_bns,
     output_score,
     spearman,
@@ -37,16 +37,12 @@ from zerop_deploy.stats import (
 )
 
 
-def _floored(st):
-    return np.maximum(st.std, _STD_FLOOR * float(np.median(st.std)))
-
-
 def _terms(observed, stored):
     ref = {bn.node: bn for bn in stored}
     rows = []
     for obs in observed:
         st = ref[obs.node]
-        s = _floored(st)
+        s = floored_std(st)
         dm = math.sqrt(float(np.mean(((obs.mean - st.mean) / s) ** 2)))
         ds = math.sqrt(float(np.mean(((obs.std - st.std) / s) ** 2)))
         sig = np.maximum(obs.std, 1e-8)

@@ -40,11 +40,12 @@ def summary(teacher, proto, images, cfg, seconds, mean, std, resumed) -> dict:
 
 def npz_bytes(images: torch.Tensor, teacher, cfg: SynthConfig, mean, std) -> bytes:
     from zerop_deploy.data import normalize
+    from zerop_deploy.stats import first_output, module_device
     from zerop_deploy.synth import target_labels
 
     with torch.no_grad():
-        device = next((p.device for p in teacher.parameters()), torch.device("cpu"))
-        k = teacher(normalize(images[:1], mean, std).to(device)).reshape(1, -1).shape[1]
+        x = normalize(images[:1], mean, std).to(module_device(teacher))
+        k = first_output(teacher(x)).reshape(1, -1).shape[1]
     buf = io.BytesIO()
     np.savez(buf, images=images.permute(0, 2, 3, 1).numpy(), labels=target_labels(cfg, k))
     return buf.getvalue()

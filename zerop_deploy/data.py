@@ -248,8 +248,9 @@ def normalize(
             raise ConfigError(f"--{name} has {len(v)} values; the model input has {c} channels")
     if std is not None and not all(v > 0 for v in std):
         raise ConfigError(f"--std values must be positive, got {tuple(std)}")
-    m = torch.tensor(mean if mean is not None else (0.0,), dtype=torch.float32).view(1, -1, 1, 1)
-    s = torch.tensor(std if std is not None else (1.0,), dtype=torch.float32).view(1, -1, 1, 1)
+    kw = {"dtype": torch.float32, "device": x.device}
+    m = torch.tensor(mean if mean is not None else (0.0,), **kw).view(1, -1, 1, 1)
+    s = torch.tensor(std if std is not None else (1.0,), **kw).view(1, -1, 1, 1)
     return (x - m) / s
 
 

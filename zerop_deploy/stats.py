@@ -67,6 +67,24 @@ class ObservedBn:
     std: np.ndarray
 
 
+def floored_std(bn: StoredBn) -> np.ndarray:
+    """The stored std, floored at 1 % of the layer's median (dead channels cannot blow up)."""
+    return np.maximum(bn.std, _STD_FLOOR * float(np.median(bn.std)))
+
+
+def module_device(module: nn.Module) -> torch.device:
+    """Where ``module``'s parameters live (cpu for a module without parameters)."""
+    return next((p.device for p in module.parameters()), torch.device("cpu"))
+
+
+def first_output(y: object) -> torch.Tensor:
+    """The first tensor of a model's output (which may be a tuple or list of outputs)."""
+    while isinstance(y, (tuple, list)):
+        y = y[0]
+    assert isinstance(y, torch.Tensor)
+    return y
+
+
 def stored_bns(proto: onnx.ModelProto) -> list[StoredBn]:
     """The stored statistics of every BatchNormalization node with constant statistics, in order."""
     from onnx import numpy_helper
@@ -141,7 +159,7 @@ def observe_bns(
     Only nodes whose module ran are returned (a BN in a branch the input never reaches is absent).
     """
     moments: dict[str, _Moments] = {}
-    device = next((p.device for p in teacher.parameters()), torch.device("cpu"))
+    device = module_device(teacher)
 
     def record(node: str, x: torch.Tensor) -> None:
         moments.setdefault(node, _Moments()).add(x)
@@ -167,7 +185,7 @@ def bns_distance(
     for obs in observed:
         st = ref[obs.node]
         if normalised:
-            s = np.maximum(st.std, _STD_FLOOR * float(np.median(st.std)))
+            s = floored_std(st)
             dm = math.sqrt(float(np.mean(((obs.mean - st.mean) / s) ** 2)))
             ds = math.sqrt(float(np.mean(((obs.std - st.std) / s) ** 2)))
         else:
@@ -232,17 +250,10 @@ def score_images(
             "distance": bns_distance(observed, stored),
             "plain_distance": bns_distance(observed, stored, normalised=False),
         }
-    device = next((p.device for p in teacher.parameters()), torch.device("cpu"))
+    device = module_device(teacher)
     with torch.no_grad():
-        logits = [_first_output(teacher(x.to(device))).float().cpu() for x in batches]
+        logits = [first_output(teacher(x.to(device))).float().cpu() for x in batches]
     return output_score(torch.cat(logits).numpy())
-
-
-def _first_output(y: object) -> torch.Tensor:
-    while isinstance(y, (tuple, list)):
-        y = y[0]
-    assert isinstance(y, torch.Tensor)
-    return y
 
 
 def scoring_method(proto: onnx.ModelProto) -> str:

@@ -32,7 +32,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from zerop_deploy.config import SynthConfig
-from zerop_deploy.stats import bn_input_hooks, bn_modules, stored_bns
+from zerop_deploy.data import normalize
+from zerop_deploy.stats import (
+    bn_input_hooks,
+    bn_modules,
+    first_output,
+    floored_std,
+    module_device,
+    stored_bns,
+)
 
 
 def _bns_loss(stats: dict[str, tuple[torch.Tensor, torch.Tensor]], inputs: dict) -> torch.Tensor:
@@ -56,14 +64,13 @@ def _tv(x: torch.Tensor) -> torch.Tensor:
 
 
 def _stored_tensors(proto: onnx.ModelProto, device: torch.device) -> dict:
-    out = {}
-    for bn in stored_bns(proto):
-        s = np.maximum(bn.std, 0.01 * float(np.median(bn.std)))  # the floor of bns_distance
-        out[bn.node] = (
+    return {
+        bn.node: (
             torch.tensor(bn.mean, dtype=torch.float32, device=device),
-            torch.tensor(s, dtype=torch.float32, device=device),
+            torch.tensor(floored_std(bn), dtype=torch.float32, device=device),  # as bns_distance
         )
-    return out
+        for bn in stored_bns(proto)
+    }
 
 
 def synthesize_batch(
@@ -81,14 +88,12 @@ def synthesize_batch(
 
     The teacher must be in eval mode; its parameters are not changed.
     """
-    device = next((p.device for p in teacher.parameters()), torch.device("cpu"))
+    device = module_device(teacher)
     gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + index)
     x = (0.5 + 0.2 * torch.randn(n, *chw, generator=gen)).clamp(0, 1).to(device)
     x.requires_grad_(True)
     stats = _stored_tensors(proto, device)
     modules = bn_modules(teacher, proto)
-    norm_m = torch.tensor(mean or (0.0,) * chw[0], device=device).view(1, -1, 1, 1)
-    norm_s = torch.tensor(std or (1.0,) * chw[0], device=device).view(1, -1, 1, 1)
     first = index * cfg.batch_size
     opt = torch.optim.Adam([x], lr=cfg.lr, betas=(0.5, 0.9))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.iterations, eta_min=cfg.lr / 20)
@@ -101,7 +106,7 @@ def synthesize_batch(
             flip = bool(torch.rand(1, generator=gen) < 0.5)
             y = torch.roll(x, (dy, dx), (2, 3))
             y = y.flip(3) if flip else y
-            logits = _first(teacher((y - norm_m) / norm_s))
+            logits = first_output(teacher(normalize(y, mean, std)))
             if targets is None:
                 k = logits.reshape(n, -1).shape[1]
                 targets = (torch.arange(first, first + n, device=device) % k).long()
@@ -117,13 +122,6 @@ def synthesize_batch(
                 x.clamp_(0, 1)
             inputs.clear()
     return (x.detach() * 255).round().to(torch.uint8).cpu()
-
-
-def _first(y: object) -> torch.Tensor:
-    while isinstance(y, (tuple, list)):
-        y = y[0]
-    assert isinstance(y, torch.Tensor)
-    return y
 
 
 def synthesize(
