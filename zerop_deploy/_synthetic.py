@@ -69,9 +69,6 @@ def for_quantize(
     Finished batches are kept in ``cache_path`` so that ``--resume`` after a kill does not redo
     them; the caller removes it when the run succeeds.
     """
-    from zerop_deploy._progress import bar, to
-    from zerop_deploy.synth import SynthCache, synthesize_sharded
-
     ratio = 1.0 if data.proxy == ("none",) else data.sd_ratio
     if data.synthetic == 0:
         return torch.empty(0, *chw, dtype=torch.uint8), {"images": 0, "sd_ratio": 0.0}
@@ -86,15 +83,45 @@ def for_quantize(
             "source": data.synthetic,
         }
     cfg = SynthConfig(images=data.synthetic, seed=seed)
-    h = hashlib.sha256(proto.SerializeToString())
-    h.update(json.dumps([cfg.to_dict(), data.mean, data.std]).encode())
-    cache = SynthCache(cache_path, h.hexdigest())
     say(f"synthesising {cfg.images} images ({cfg.iterations} iterations per batch)")
-    with bar(cfg.images, "synthesising", enabled=progress, unit="img") as shown:
-        batches, seconds, resumed = synthesize_sharded(
-            teacher.to(device), proto, chw, cfg, device, mean=data.mean, std=data.std,
-            cache=cache, resume=resume, on_progress=lambda n: to(shown, n),
-        )  # fmt: skip
-    images = torch.cat([batches[b] for b in sorted(batches)])
+    images, seconds, resumed = make(
+        teacher, proto, chw, cfg, device, mean=data.mean, std=data.std, cache_path=cache_path,
+        resume=resume, progress=progress,
+    )  # fmt: skip
     section = summary(teacher, proto, images, cfg, seconds, data.mean, data.std, resumed)
     return images, {"sd_ratio": ratio, **section}
+
+
+def make(
+    teacher: nn.Module,
+    proto: onnx.ModelProto,
+    chw: tuple[int, int, int],
+    cfg: SynthConfig,
+    device: torch.device,
+    *,
+    mean: tuple[float, ...] | None,
+    std: tuple[float, ...] | None,
+    cache_path: Path,
+    resume: bool,
+    progress: bool,
+) -> tuple[torch.Tensor, float, int]:
+    """Synthesise ``cfg.images`` images (shared out under torchrun), with a progress bar.
+
+    Finished batches are kept in ``cache_path`` (per rank under torchrun) for ``resume``; the
+    caller removes those files once its outputs are written.
+
+    Returns:
+        ``(uint8 images N x C x H x W, seconds, batches taken from the cache)``.
+    """
+    from zerop_deploy._progress import bar, to
+    from zerop_deploy.synth import SynthCache, synthesize_sharded
+
+    h = hashlib.sha256(proto.SerializeToString())
+    h.update(json.dumps([cfg.to_dict(), mean, std]).encode())
+    cache = SynthCache(cache_path, h.hexdigest())
+    with bar(cfg.images, "synthesising", enabled=progress, unit="img") as shown:
+        batches, seconds, resumed = synthesize_sharded(
+            teacher.to(device), proto, chw, cfg, device, mean=mean, std=std, cache=cache,
+            resume=resume, on_progress=lambda n: to(shown, n),
+        )  # fmt: skip
+    return torch.cat([batches[b] for b in sorted(batches)]), seconds, resumed

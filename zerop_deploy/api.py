@@ -148,16 +148,11 @@ def quantize(
         progress=progress,
     )
     from zerop_deploy.export import export_qdq, save_qdq
-    from zerop_deploy.quant.qat import distributed_context
+    from zerop_deploy.quant.qat import leave_process_group
     from zerop_deploy.quant.student import layer_quants
     from zerop_deploy.synth import cache_files
 
-    rank, world = distributed_context(device)
-    if world > 1:  # every rank is done training: leave the process group cleanly, together
-        import torch.distributed as dist
-
-        dist.barrier()
-        dist.destroy_process_group()
+    rank, world = leave_process_group(device)
     if rank != 0:  # torchrun: rank 0 exports, validates and writes the report
         return {}
 
@@ -404,10 +399,10 @@ def synthesize(
         ``{"model", "output", "method", "images", "iterations", "seconds", "images_per_second",
         "bns_distance"}``; ``method`` is "output" when the model has no BN statistics.
     """
-    from zerop_deploy._progress import bar, to
-    from zerop_deploy._synthetic import npz_bytes, summary
+    from zerop_deploy._synthetic import make, npz_bytes, summary
     from zerop_deploy.load import image_input_chw, load_model
-    from zerop_deploy.synth import SynthCache, cache_files, synthesize_sharded
+    from zerop_deploy.quant.qat import leave_process_group
+    from zerop_deploy.synth import cache_files
 
     cfg = cfg or SynthConfig()
     src = Path(model)
@@ -418,31 +413,19 @@ def synthesize(
     loaded = load_model(src)
     chw = image_input_chw(loaded.proto, str(src))
     teacher = loaded.module.to(dev).eval()
-    h = hashlib.sha256(src.read_bytes())
-    h.update(json.dumps([cfg.to_dict(), mean, std]).encode())
-    cache = SynthCache(out.with_name(out.name + ".partial"), h.hexdigest())
-    with bar(cfg.images, "synthesising", enabled=progress, unit="img") as shown:
-        batches, seconds, resumed = synthesize_sharded(
-            teacher, loaded.proto, chw, cfg, dev, mean=mean, std=std, cache=cache,
-            resume=resume, on_progress=lambda n: to(shown, n),
-        )  # fmt: skip
-    from zerop_deploy.quant.qat import distributed_context
-
-    rank, world = distributed_context(dev)
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-        dist.destroy_process_group()
-    if rank != 0:  # torchrun: rank 0 writes the file
+    cache_path = out.with_name(out.name + ".partial")
+    images, seconds, resumed = make(
+        teacher, loaded.proto, chw, cfg, dev, mean=mean, std=std, cache_path=cache_path,
+        resume=resume, progress=progress,
+    )  # fmt: skip
+    if leave_process_group(dev)[0] != 0:  # torchrun: rank 0 writes the file
         return {}
-    images = torch.cat([batches[b] for b in sorted(batches)])
     doc = summary(teacher, loaded.proto, images, cfg, seconds, mean, std, resumed)
     atomic_write_bytes(out, npz_bytes(images, teacher, cfg, mean, std))
     if preview is not None:
         from zerop_deploy.plots import contact_sheet
 
         atomic_write_bytes(preview, contact_sheet(images[:128].numpy()))
-    for f in cache_files(cache.path):
+    for f in cache_files(cache_path):
         f.unlink(missing_ok=True)
     return {"model": str(src), "output": str(out), **doc}

@@ -97,6 +97,20 @@ def distributed_context(device: torch.device) -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
+def leave_process_group(device: torch.device) -> tuple[int, int]:
+    """``(rank, world_size)`` once every rank is done: they meet and leave the group together.
+
+    Under ``torchrun`` rank 0 then writes the outputs alone; the others return.
+    """
+    rank, world = distributed_context(device)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
+    return rank, world
+
+
 def save_checkpoint(path: Path, state: dict) -> None:
     """Atomically write a checkpoint (temp file + rename)."""
     tmp = path.with_name(f".{path.name}.tmp")
