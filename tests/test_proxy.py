@@ -4,7 +4,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from zerop_deploy._proxy import StreamedImages, proxy_data
+from zerop_deploy._proxy import Sources, StreamedImages, proxy_data
 from zerop_deploy.config import DataConfig
 from zerop_deploy.data import open_source
 
@@ -21,11 +21,12 @@ def _folder(tmp_path, n=30):
 def test_big_sets_are_streamed_and_small_ones_held(tmp_path):
     d = _folder(tmp_path)
     kw = dict(teacher=None, proto=None, chw=(3, 8, 8), seed=0)
-    held = proxy_data(DataConfig(proxy=str(d), holdout=0.2), **kw)
+    cfg = DataConfig(proxy=str(d), holdout=0.2)
+    held = proxy_data(cfg, sources=Sources(cfg, 0), **kw)
     assert isinstance(held.train, torch.Tensor) and held.section["streamed"] is False
     assert held.section["skipped_files"] == 1 and len(held.train) + len(held.holdout) == 29
     small = DataConfig(proxy=str(d), holdout=0.2, max_pool_bytes=10 * 3 * 8 * 8)
-    streamed = proxy_data(small, **kw)
+    streamed = proxy_data(small, sources=Sources(small, 0), **kw)
     assert isinstance(streamed.train, StreamedImages) and streamed.section["streamed"] is True
     assert len(streamed.train) == 24 and len(streamed.holdout) == 6
     batch = streamed.train[torch.tensor([0, 5, 5, 23])]

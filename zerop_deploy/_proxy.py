@@ -26,11 +26,27 @@ class ProxyData:
     synthetic_section: dict[str, Any] = field(default_factory=dict)
 
 
-def open_sources(paths: tuple[str, ...], data: DataConfig, seed: int) -> list:
-    """Open (and so validate) every source before any work is done."""
-    from zerop_deploy.data import open_source
+class Sources:
+    """The image sources of one run, each opened (and so checked) once.
 
-    return [open_source(p, builtin_images=data.builtin_images, seed=seed) for p in paths]
+    A run opens all of them before any work, so bad input fails fast, and every stage then
+    gets the same opened source (a big folder is listed once).
+    """
+
+    def __init__(self, data: DataConfig, seed: int) -> None:
+        self._data, self._seed = data, seed
+        self._opened: dict[str, Any] = {}
+
+    def __call__(self, *paths: str) -> list:
+        """The opened sources of ``paths`` (:class:`zerop_deploy.data.ImageSource`)."""
+        from zerop_deploy.data import open_source
+
+        for p in paths:
+            if p not in self._opened:
+                self._opened[p] = open_source(
+                    p, builtin_images=self._data.builtin_images, seed=self._seed
+                )
+        return [self._opened[p] for p in paths]
 
 
 def proxy_data(
@@ -39,6 +55,7 @@ def proxy_data(
     proto: onnx.ModelProto,
     chw: tuple[int, int, int],
     seed: int,
+    sources: Sources,
     say: Callable[[str], None] = lambda _m: None,
 ) -> ProxyData:
     """Resolve ``data.proxy`` into images, ranking ``data.candidates`` first for ``"auto"``.
@@ -56,28 +73,28 @@ def proxy_data(
         empty = torch.empty(0, *chw, dtype=torch.uint8)
         return ProxyData(empty, empty, {**section, "method": "none", "chosen": None, "images": 0})
     if data.proxy == ("auto",):
-        candidates = open_sources(data.candidates, data, seed)
+        candidates = sources(*data.candidates)
         say(f"ranking {len(candidates)} proxy candidates on {data.samples} images each")
         method, ranking = rank_candidates(
             teacher, proto, candidates, chw, samples=data.samples, seed=seed,
             mean=data.mean, std=data.std,
         )  # fmt: skip
         best = next(s for s in candidates if s.name == ranking[0]["candidate"])
-        sources, section = [best], {"method": method, "ranking": ranking}
+        chosen, section = [best], {"method": method, "ranking": ranking}
     else:
-        sources = open_sources(data.proxy, data, seed)
+        chosen = sources(*data.proxy)
         if data.proxy == ("builtin",):
             section["method"] = "builtin"
     per_image = chw[0] * chw[1] * chw[2]
-    counts = [s.count for s in sources]
+    counts = [s.count for s in chosen]
     if data.proxy_images is not None:
-        counts = [min(c, max(1, data.proxy_images // len(sources))) for c in counts]
+        counts = [min(c, max(1, data.proxy_images // len(chosen))) for c in counts]
     section.update(
-        chosen=", ".join(s.name for s in sources), total_images=sum(s.count for s in sources)
+        chosen=", ".join(s.name for s in chosen), total_images=sum(s.count for s in chosen)
     )
     if sum(counts) * per_image > data.max_pool_bytes:
-        return _streamed(sources, counts, chw, data, seed, section)
-    pools = [load_pool(s, chw, limit=c, seed=seed) for s, c in zip(sources, counts, strict=True)]
+        return _streamed(chosen, counts, chw, data, seed, section)
+    pools = [load_pool(s, chw, limit=c, seed=seed) for s, c in zip(chosen, counts, strict=True)]
     x = torch.cat([p.images for p in pools])
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
     n_hold = min(1000, int(len(x) * data.holdout))

@@ -57,6 +57,7 @@ def for_quantize(
     chw: tuple[int, int, int],
     data: DataConfig,
     seed: int,
+    sources,
     *,
     device: torch.device,
     cache_path: Path,
@@ -66,6 +67,7 @@ def for_quantize(
 ) -> tuple[torch.Tensor, dict]:
     """The ``data.synthetic`` images quantize mixes in, and the report's "synthetic" section.
 
+    ``sources`` (:class:`zerop_deploy._proxy.Sources`) opens a ``--synthetic SYNTH.npz``.
     Finished batches are kept in ``cache_path`` so that ``--resume`` after a kill does not redo
     them; the caller removes it when the run succeeds.
     """
@@ -73,9 +75,9 @@ def for_quantize(
     if data.synthetic == 0:
         return torch.empty(0, *chw, dtype=torch.uint8), {"images": 0, "sd_ratio": 0.0}
     if isinstance(data.synthetic, str):  # a set made before by `zerop-deploy synth`
-        from zerop_deploy.data import load_pool, open_source
+        from zerop_deploy.data import load_pool
 
-        pool = load_pool(open_source(data.synthetic), chw)
+        pool = load_pool(sources(data.synthetic)[0], chw)
         return pool.images, {
             "images": len(pool.images),
             "sd_ratio": ratio,

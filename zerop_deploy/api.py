@@ -109,15 +109,15 @@ def quantize(
         raise ConfigError(f"--min-agreement {min_agreement}: must be a fraction in [0, 1]")
     device = resolve_device(train.device)
     torch.manual_seed(train.seed)
-    from zerop_deploy._proxy import open_sources, proxy_data
+    from zerop_deploy._proxy import Sources, proxy_data
     from zerop_deploy._synthetic import for_quantize
     from zerop_deploy.load import image_input_chw, load_model
 
-    open_sources(tuple(p for p in data.proxy if p not in ("auto", "none")), data, train.seed)
-    open_sources(data.candidates, data, train.seed)
+    sources = Sources(data, train.seed)  # all opened and checked before any work
+    sources(*(p for p in data.proxy if p not in ("auto", "none")), *data.candidates)
     if isinstance(data.synthetic, str):
-        open_sources((data.synthetic,), data, train.seed)
-    if data.eval is not None and open_sources((data.eval,), data, train.seed)[0].labels is None:
+        sources(data.synthetic)
+    if data.eval is not None and sources(data.eval)[0].labels is None:
         raise InputError(
             f"{data.eval}: --eval needs labelled images (.npz 'labels' or class folders)"
         )
@@ -126,11 +126,11 @@ def quantize(
     loaded = load_model(src)
     proto, teacher = loaded.proto, loaded.module
     chw = image_input_chw(proto, str(src))
-    proxy = proxy_data(data, teacher, proto, chw, train.seed, say)
+    proxy = proxy_data(data, teacher, proto, chw, train.seed, sources, say)
     say(f"{len(proxy.train)} proxy images for training, {len(proxy.holdout)} held back")
     synth_cache = out.with_name(out.name + ".synth.npz")
     proxy.synthetic, proxy.synthetic_section = for_quantize(
-        teacher, proto, chw, data, train.seed, device=device, cache_path=synth_cache,
+        teacher, proto, chw, data, train.seed, sources, device=device, cache_path=synth_cache,
         resume=resume, say=say, progress=progress,
     )  # fmt: skip
     t_start = time.monotonic()
@@ -163,7 +163,7 @@ def quantize(
     doc = _report(src, out, quant, train, data, proxy, plan, device)
     doc["training"] = training_section(result, time.monotonic() - t_start)
     doc["training"]["processes"] = world
-    doc.update(_validation(proto, qproto, student, proxy, data, chw))
+    doc.update(_validation(proto, qproto, student, proxy, data, chw, sources))
     _add_layer_sqnr(doc, teacher.cpu().eval(), student, proto, plan, proxy, data)
     if plot_layers is not None:
         from zerop_deploy.plots import layer_chart
@@ -278,13 +278,13 @@ def _add_layer_sqnr(doc, teacher, student, proto, plan, proxy, data: DataConfig)
             entry["output_sqnr_db"] = round(next(values), 2)
 
 
-def _validation(proto, qproto, student, proxy, data: DataConfig, chw) -> dict[str, Any]:
+def _validation(proto, qproto, student, proxy, data: DataConfig, chw, sources) -> dict[str, Any]:
     """Validate on the --eval images (streamed), else on the held-back proxy images."""
     from zerop_deploy._report import validation_section
-    from zerop_deploy.data import iter_batches, load_pool, normalize, open_source
+    from zerop_deploy.data import iter_batches, load_pool, normalize
 
     if data.eval is not None:
-        src = open_source(data.eval)
+        (src,) = sources(data.eval)
         chunks = (
             (normalize(c.images, data.mean, data.std), c.labels)
             for c in iter_batches(src, chw, batch=2048)
@@ -294,7 +294,7 @@ def _validation(proto, qproto, student, proxy, data: DataConfig, chw) -> dict[st
     if len(x) == 0 and len(proxy.train):
         x = proxy.train[:256]
     elif len(x) == 0:  # synthetic-only: natural images the student never saw, only to validate
-        x, source = load_pool(open_source("builtin"), chw, limit=512).images, "builtin"
+        x, source = load_pool(sources("builtin")[0], chw, limit=512).images, "builtin"
     return validation_section(
         proto, qproto, student, [(normalize(x, data.mean, data.std), None)], source
     )
@@ -331,7 +331,7 @@ def select_proxy(
         "output" for models without BatchNormalization statistics (BN folded into Conv).
     """
     from zerop_deploy._progress import bar
-    from zerop_deploy._proxy import open_sources
+    from zerop_deploy._proxy import Sources
     from zerop_deploy.load import image_input_chw, load_model
     from zerop_deploy.stats import rank_candidates
 
@@ -340,7 +340,7 @@ def select_proxy(
     )
     if plot is not None:
         plot = check_output_path(plot, [Path(model), *map(Path, candidates)])
-    sources = open_sources(data.candidates, data, seed)
+    sources = Sources(data, seed)(*data.candidates)
     loaded = load_model(model)
     chw = image_input_chw(loaded.proto, str(model))
     teacher = loaded.module.to(resolve_device(device)).eval()
