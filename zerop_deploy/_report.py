@@ -91,14 +91,15 @@ def validation_section(
     Returns:
         ``{"validation": {...}}`` plus ``"accuracy"`` when every chunk had labels.
     """
-    from zerop_deploy.validate import run_logits
+    from zerop_deploy.validate import OrtRunner
 
+    quantized, reference = OrtRunner(qproto), OrtRunner(proto)  # one session each, every chunk
     tally = _Tally()
     for x, labels in chunks:
         with torch.no_grad():
             s = torch.cat([student(x[i : i + 256]) for i in range(0, len(x), 256)]).numpy()
         xs = x.numpy()
-        tally.add(run_logits(qproto, xs), run_logits(proto, xs), s.reshape(len(s), -1), labels)
+        tally.add(quantized.logits(xs), reference.logits(xs), s.reshape(len(s), -1), labels)
     n = max(tally.n, 1)
     doc: dict[str, Any] = {
         "validation": {

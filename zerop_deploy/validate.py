@@ -96,12 +96,51 @@ def _fixed_batch(sess: Any, images: np.ndarray, source: str) -> int | None:
     return shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
 
 
+class OrtRunner:
+    """One onnxruntime session for a model, reused for every batch of images run through it."""
+
+    def __init__(self, model: ModelLike) -> None:
+        """Load ``model`` (path or ModelProto) into an onnxruntime CPU session.
+
+        Raises:
+            InputError: Missing or unreadable model file.
+            ValidationError: If onnxruntime cannot load it, or it has more than one input.
+        """
+        self.sess = _session(model)
+        self.source = _name(model)
+
+    def logits(self, images: np.ndarray, *, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
+        """See :func:`run_logits`."""
+        if batch_size < 1:
+            raise ConfigError(f"batch_size: must be at least 1, got {batch_size}")
+        images = _check_images(images)
+        fixed = _fixed_batch(self.sess, images, self.source)
+        step = fixed or batch_size
+        name = self.sess.get_inputs()[0].name
+        outs = []
+        for start in range(0, len(images), step):
+            chunk = images[start : start + step]
+            n = len(chunk)
+            if fixed and n < fixed:
+                pad = np.zeros((fixed - n, *chunk.shape[1:]), np.float32)
+                chunk = np.concatenate([chunk, pad])
+            try:
+                out = np.asarray(self.sess.run(None, {name: chunk})[0])
+            except Exception as e:  # onnxruntime raises its own exception types
+                raise ValidationError(
+                    f"{self.source}: onnxruntime cannot run the model: {e}"
+                ) from e
+            outs.append(out[:n].reshape(n, -1).astype(np.float32))
+        return np.concatenate(outs)
+
+
 def run_logits(
     model: ModelLike, images: np.ndarray, *, batch_size: int = DEFAULT_BATCH_SIZE
 ) -> np.ndarray:
     """Run ``model`` on ``images`` in batches and return its first output as ``[N, classes]``.
 
     A model with a fixed batch dimension gets batches of exactly that size (the last one padded).
+    To run one model on several sets of images, make an :class:`OrtRunner` once instead.
 
     Args:
         model: Path or ModelProto.
@@ -117,24 +156,8 @@ def run_logits(
     """
     if batch_size < 1:
         raise ConfigError(f"batch_size: must be at least 1, got {batch_size}")
-    images = _check_images(images)
-    sess = _session(model)
-    source = _name(model)
-    fixed = _fixed_batch(sess, images, source)
-    step = fixed or batch_size
-    name = sess.get_inputs()[0].name
-    outs = []
-    for start in range(0, len(images), step):
-        chunk = images[start : start + step]
-        n = len(chunk)
-        if fixed and n < fixed:
-            chunk = np.concatenate([chunk, np.zeros((fixed - n, *chunk.shape[1:]), np.float32)])
-        try:
-            out = np.asarray(sess.run(None, {name: chunk})[0])
-        except Exception as e:  # onnxruntime raises its own exception types
-            raise ValidationError(f"{source}: onnxruntime cannot run the model: {e}") from e
-        outs.append(out[:n].reshape(n, -1).astype(np.float32))
-    return np.concatenate(outs)
+    images = _check_images(images)  # before the model is read, as bad images are named first
+    return OrtRunner(model).logits(images, batch_size=batch_size)
 
 
 # --------------------------------------------------------------------------------------------------
