@@ -15,7 +15,7 @@ from zerop_deploy.quant.calibrate import (
 from zerop_deploy.quant.graph import conv_bn_pairs, nonnegative_values
 from zerop_deploy.quant.modules import QuantConv, quant_layers
 from zerop_deploy.quant.primitives import fake_quantize
-from zerop_deploy.quant.student import build_student, layer_quants
+from zerop_deploy.quant.student import build_student, fold_bn_into_conv, layer_quants
 
 
 def _student(proto, **kw):
@@ -40,6 +40,14 @@ def test_folded_float_student_equals_teacher(cnn_bn):
         assert torch.allclose(student(x), teacher(x), atol=1e-5)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in student.modules())
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in teacher.modules())  # teacher untouched
+
+
+def test_bn_folding_stays_on_the_conv_device():
+    # found on a GPU: synthesis had moved the model to cuda, the BN constants were on the CPU
+    conv = torch.nn.Conv2d(3, 4, 3).to("meta")
+    bn = (np.ones(4), np.zeros(4), np.zeros(4), np.ones(4), 1e-5)
+    w, b = fold_bn_into_conv(conv, bn)
+    assert w.device.type == "meta" and b.device.type == "meta" and w.shape == (4, 3, 3, 3)
 
 
 def test_plan_bits_first_last_and_overrides(cnn_bn):

@@ -193,7 +193,8 @@ def _fine_tune(
     from zerop_deploy.quant.qat import train as run_training
     from zerop_deploy.quant.student import build_student
 
-    student, plan = build_student(teacher, proto, quant)
+    # calibration runs on the CPU; synthesis may have left the teacher on the GPU (train moves both)
+    student, plan = build_student(teacher.cpu(), proto, quant)
     if all(p.skipped for p in plan):
         raise InputError("the model has no layer to quantize (Conv, ConvTranspose, Gemm, MatMul)")
     _say(progress, f"{sum(not p.skipped for p in plan)} layers to quantize; calibrating step sizes")

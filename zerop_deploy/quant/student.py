@@ -67,7 +67,10 @@ def fold_bn_into_conv(
         conv: The Conv module (weight ``[C_out, ...]``, optional bias).
         bn: ``(gamma, beta, mean, var, eps)`` from :func:`zerop_deploy.quant.graph.bn_parameters`.
     """
-    gamma, beta, mean, var, eps = (torch.as_tensor(v, dtype=torch.float64) for v in bn)
+    # on the conv's device: the module may already sit on the GPU (synthesis moved it there)
+    gamma, beta, mean, var, eps = (
+        torch.as_tensor(v, dtype=torch.float64, device=conv.weight.device) for v in bn
+    )
     factor = gamma / torch.sqrt(var + eps)
     with torch.no_grad():
         w = conv.weight.double() * factor.reshape(-1, *([1] * (conv.weight.dim() - 1)))
