@@ -161,3 +161,22 @@ def test_a_tensor_whose_data_does_not_fill_its_dims_is_refused(tmp_path, cnn_bn)
     onnx.save(m, str(tmp_path / "m.onnx"))
     with pytest.raises(InputError, match=f"tensor '{t.name}' has dims"):
         read_model(tmp_path / "m.onnx")
+
+
+def test_a_graph_listed_out_of_order_is_sorted_in_memory(tmp_path):
+    nodes = [
+        helper.make_node("Relu", ["a"], ["y"], name="second"),
+        helper.make_node("Neg", ["x"], ["a"], name="first"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    p = _save(model, tmp_path / "u.onnx")
+    before = p.read_bytes()
+    assert [n.name for n in read_model(p).graph.node] == ["first", "second"]
+    assert p.read_bytes() == before
