@@ -1,3 +1,4 @@
+import errno
 import os
 import stat
 
@@ -20,7 +21,7 @@ def test_atomic_write_leaves_no_temp_file_and_uses_the_umask(tmp_path):
 def test_output_over_the_input_or_in_a_missing_folder_is_refused(tmp_path):
     src = tmp_path / "m.onnx"
     src.write_bytes(b"x")
-    with pytest.raises(InputError, match="input model"):
+    with pytest.raises(InputError, match="is the input"):
         check_output_path(src, [src])
     with pytest.raises(InputError, match="does not exist"):
         check_output_path(tmp_path / "no" / "o.onnx")
@@ -36,3 +37,23 @@ def test_disk_full_while_writing_leaves_nothing_behind(tmp_path, monkeypatch):
     with pytest.raises(InputError, match="No space left on device"):
         atomic_write_bytes(tmp_path / "out.onnx", b"x" * 1000)
     assert list(tmp_path.iterdir()) == []  # no partial output, no temp file
+
+
+def test_several_outputs_are_written_all_or_nothing(tmp_path, monkeypatch):
+    from zerop_deploy.fileio import atomic_write_all
+
+    old = tmp_path / "a.onnx"
+    old.write_bytes(b"previous run")
+    real_fsync, calls = os.fsync, []
+
+    def fail_second(fd):
+        calls.append(fd)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_fsync(fd)
+
+    monkeypatch.setattr("zerop_deploy.fileio.os.fsync", fail_second)
+    with pytest.raises(InputError, match="b.json: cannot be written"):
+        atomic_write_all([(old, b"new model"), (tmp_path / "b.json", b"{}")])
+    assert old.read_bytes() == b"previous run"  # the first file was not renamed into place
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.onnx"]

@@ -123,7 +123,7 @@ def test_synth_cli_writes_npz_preview_and_json(tmp_path, trained):
     "args, needle",
     [
         (["-n", "0", "-o", "s.npz"], "-n"),
-        (["-n", "4", "-o", "m.onnx"], "input model"),
+        (["-n", "4", "-o", "m.onnx"], "is the input"),
         (["-n", "4", "-o", "nofolder/s.npz"], "does not exist"),
         (["-n", "4", "-o", "s.npz", "--iterations", "0"], "--iterations"),
     ],

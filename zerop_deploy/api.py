@@ -21,7 +21,7 @@ import torch
 from zerop_deploy._report import training_section
 from zerop_deploy.config import DataConfig, QuantConfig, SynthConfig, TrainConfig
 from zerop_deploy.errors import ConfigError, InputError, QualityGateError
-from zerop_deploy.fileio import atomic_write_bytes, atomic_write_text, check_output_path
+from zerop_deploy.fileio import atomic_write_all, atomic_write_bytes, check_output_path
 
 _SUFFIX = {(4, 4): ".int4.onnx", (8, 8): ".int8.onnx", (4, 8): ".w4a8.onnx"}
 
@@ -101,10 +101,11 @@ def quantize(
     """
     quant, train, data = quant or QuantConfig(), train or TrainConfig(), data or DataConfig()
     src = Path(model)
-    out = check_output_path(output or default_output(src, quant), [src])
-    rep = check_output_path(report or default_report(out), [src, out])
+    inputs = [src, *data.input_paths()]
+    out = check_output_path(output or default_output(src, quant), inputs)
+    rep = check_output_path(report or default_report(out), [*inputs, out])
     if plot_layers is not None:
-        plot_layers = check_output_path(plot_layers, [src, out, rep])
+        plot_layers = check_output_path(plot_layers, [*inputs, out, rep])
     if min_agreement is not None and not 0 <= min_agreement <= 1:
         raise ConfigError(f"--min-agreement {min_agreement}: must be a fraction in [0, 1]")
     device = resolve_device(train.device)
@@ -147,7 +148,7 @@ def quantize(
         resume=resume,
         progress=progress,
     )
-    from zerop_deploy.export import export_qdq, save_qdq
+    from zerop_deploy.export import export_qdq, qdq_bytes
     from zerop_deploy.quant.qat import leave_process_group
     from zerop_deploy.quant.student import layer_quants
     from zerop_deploy.synth import cache_files
@@ -158,7 +159,7 @@ def quantize(
 
     say(f"exporting {out}")
     qproto = export_qdq(proto, layer_quants(student, plan, proto), int32_bias=True)
-    save_qdq(qproto, out)
+    files = [(out, qdq_bytes(qproto, out))]
     say("validating the exported model in onnxruntime")
     doc = _report(src, out, quant, train, data, proxy, plan, device)
     doc["training"] = training_section(result, time.monotonic() - t_start)
@@ -168,9 +169,17 @@ def quantize(
     if plot_layers is not None:
         from zerop_deploy.plots import layer_chart
 
-        atomic_write_bytes(plot_layers, layer_chart(doc["layers"], out.name))
-    atomic_write_text(rep, json.dumps(doc, indent=2) + "\n")
-    out.with_name(out.name + ".ckpt").unlink(missing_ok=True)
+        files.append((plot_layers, layer_chart(doc["layers"], out.name)))
+    files.append((rep, (json.dumps(doc, indent=2) + "\n").encode()))
+    ckpt = out.with_name(out.name + ".ckpt")
+    try:
+        atomic_write_all(files)  # model, plot and report together, or none of them
+    except InputError as e:
+        raise InputError(
+            f"{e}; nothing was written and the fine-tuned state is kept in {ckpt.name}: "
+            "rerun the same command with --resume"
+        ) from e
+    ckpt.unlink(missing_ok=True)
     for f in cache_files(synth_cache):
         f.unlink(missing_ok=True)
     agreement = doc["validation"]["fp32_vs_quant_top1_agreement"]

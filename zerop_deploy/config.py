@@ -107,6 +107,11 @@ def load_overrides(path: str | Path) -> dict[str, LayerOverride]:
     return out
 
 
+def _check_seed(seed: int) -> None:
+    if not 0 <= seed < 2**63:
+        raise ConfigError(f"--seed {seed}: must be between 0 and 2**63 - 1")
+
+
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
     """How to fine-tune the quantized student.
@@ -142,8 +147,9 @@ class TrainConfig:
     feature_weight: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.feature_weight < 0:
-            raise ConfigError(f"feature weight {self.feature_weight}: must be >= 0")
+        if not self.feature_weight >= 0:  # NaN too
+            raise ConfigError(f"--feature-weight {self.feature_weight}: must be >= 0")
+        _check_seed(self.seed)
         if not 1 <= self.steps <= 10_000_000:
             raise ConfigError(f"--steps {self.steps}: must be between 1 and 10,000,000")
         if self.time_budget_s is not None and not 0 < self.time_budget_s <= 30 * 86400:
@@ -151,10 +157,10 @@ class TrainConfig:
                 f"--time-budget {self.time_budget_s / 60:g}: must be > 0 and <= 30 days"
             )
         if not 1 <= self.batch_size <= 65536:
-            raise ConfigError(f"batch size {self.batch_size}: must be between 1 and 65536")
+            raise ConfigError(f"--batch-size {self.batch_size}: must be between 1 and 65536")
         if not 0 < self.lr < 1:
-            raise ConfigError(f"learning rate {self.lr}: must be in (0, 1)")
-        if self.temperature <= 0:
+            raise ConfigError(f"--lr {self.lr}: must be in (0, 1)")
+        if not self.temperature > 0:
             raise ConfigError(f"temperature {self.temperature}: must be positive")
         if self.calib_images < 1:
             raise ConfigError(f"calibration images {self.calib_images}: must be >= 1")
@@ -251,6 +257,12 @@ class DataConfig:
         if self.mean is not None and self.std is not None and len(self.mean) != len(self.std):
             raise ConfigError(f"--mean {self.mean} and --std {self.std}: need as many values")
 
+    def input_paths(self) -> list[Path]:
+        """The user's files and folders this configuration reads (no output may land on them)."""
+        named = [p for p in self.proxy if p not in ("builtin", "auto", "none")]
+        named += [*self.candidates, self.eval, self.synthetic]
+        return [Path(p) for p in named if isinstance(p, str)]
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
         return asdict(self)
@@ -289,8 +301,9 @@ class SynthConfig:
             raise ConfigError(f"--batch-size {self.batch_size}: must be between 1 and 65536")
         if not 0 < self.lr < 10:
             raise ConfigError(f"synthesis learning rate {self.lr}: must be in (0, 10)")
-        if min(self.ce_weight, self.tv_weight, self.l2_weight) < 0:
+        if not min(self.ce_weight, self.tv_weight, self.l2_weight) >= 0:
             raise ConfigError("synthesis loss weights must be >= 0")
+        _check_seed(self.seed)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""

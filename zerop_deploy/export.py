@@ -125,13 +125,21 @@ def save_qdq(proto: onnx.ModelProto, path: str | os.PathLike[str]) -> None:
         InputError: If the file cannot be written.
 
     """
+    atomic_write_bytes(path, qdq_bytes(proto, path))
+
+
+def qdq_bytes(proto: onnx.ModelProto, path: str | os.PathLike[str]) -> bytes:
+    """The serialised model; ``path`` only names it in the error.
+
+    Raises:
+        ExportError: If the model is too large to serialise into one file (2 GB).
+    """
     try:
-        data = proto.SerializeToString()
+        return proto.SerializeToString()
     except ValueError as e:  # protobuf refuses messages over 2 GB
         raise ExportError(
             f"{path}: the model cannot be serialised ({e}); it must stay under 2 GB"
         ) from e
-    atomic_write_bytes(path, data)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -23,15 +23,29 @@ def check_output_path(
     for i in inputs:
         ip = Path(i)
         if o.resolve() == ip.resolve() or (o.exists() and ip.exists() and o.samefile(ip)):
-            raise InputError(f"{o}: output path is the input model; choose another path with -o")
+            raise InputError(f"{o}: output path is the input {ip}; choose another output path")
     if o.is_dir():
         raise InputError(f"{o}: output path is a directory; give a file name")
     parent = o.resolve().parent
     if not parent.is_dir():
         raise InputError(f"{o}: folder {parent} does not exist; create it first")
-    if not os.access(parent, os.W_OK):
+    if not _can_create_in(parent):
         raise InputError(f"{o}: folder {parent} is not writable; choose another output path")
     return o
+
+
+def _can_create_in(folder: Path) -> bool:
+    """Whether a file can be created in ``folder``.
+
+    Tried for real: file modes do not stop root, and read-only mounts are invisible to them.
+    """
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".zerop-probe.", dir=folder)
+    except OSError:
+        return False
+    os.close(fd)
+    os.unlink(tmp)
+    return True
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
@@ -43,7 +57,36 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     Raises:
         InputError: If the file cannot be written (the message names the path and the OS reason).
     """
-    p = Path(path)
+    return atomic_write_all([(path, data)])[0]
+
+
+def atomic_write_all(items: Iterable[tuple[str | os.PathLike[str], bytes]]) -> list[Path]:
+    """Write several files all or nothing.
+
+    Each goes to a temporary file first, and only when every one is safely on disk are they
+    renamed into place.
+
+    A failure while writing (disk full, interrupt) leaves every target as it was before.
+
+    Raises:
+        InputError: If a file cannot be written (the message names the path and the OS reason).
+    """
+    staged: list[tuple[str, Path]] = []
+    try:
+        for path, data in items:
+            staged.append((_stage(Path(path), data), Path(path)))
+    except BaseException:
+        for tmp, _ in staged:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        raise
+    for tmp, p in staged:
+        os.replace(tmp, p)
+    return [p for _, p in staged]
+
+
+def _stage(p: Path, data: bytes) -> str:
+    """``data`` in a synced temporary file beside ``p``; returns the temporary file's path."""
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.resolve().parent)
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual mode
@@ -51,7 +94,6 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, p)
     except OSError as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -62,7 +104,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    return p
+    return tmp
 
 
 def _umask() -> int:
