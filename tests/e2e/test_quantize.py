@@ -140,32 +140,57 @@ def test_min_agreement_gate_exits_1_but_writes(workdir, tmp_path):
     assert proc.returncode == 0 and "Traceback" not in proc.stderr
 
 
-def test_kill_9_then_resume_gives_the_same_model(workdir, tmp_path):
-    args = [
-        *_q(workdir),
-        "--steps",
-        "200",
-        "--checkpoint-every",
-        "0",
-        "--quiet",
-        "--seed",
-        "3",
-    ]
-    ref = tmp_path / "ref.onnx"
-    assert _cli(*args, "-o", str(ref)).returncode == 0
-
-    out = tmp_path / "killed.onnx"
-    proc = _start_until_checkpoint(args, out, stderr=subprocess.DEVNULL)
-    time.sleep(0.2)
-    assert proc.poll() is None, "the run finished before it could be killed; raise --steps"
-    os.kill(proc.pid, signal.SIGKILL)
+@pytest.mark.parametrize(
+    "phase",
+    [
+        "reading and converting",  # start-up: nothing done yet
+        "calibrating step sizes",  # student built, no checkpoint yet
+        "checkpoint",  # fine-tuning under way
+        "validating the exported model",  # training done, outputs not written yet
+    ],
+)
+def test_kill_9_in_every_phase_then_resume_gives_the_same_model(workdir, tmp_path, phase):
+    args = [*_q(workdir), "--steps", "120", "--checkpoint-every", "0", "--seed", "4"]
+    ref = workdir / "kill-ref.onnx"  # one reference run for every phase
+    if not ref.exists():
+        assert _cli(*args, "--quiet", "-o", str(ref)).returncode == 0
+    out = tmp_path / "m.onnx"
+    if phase == "checkpoint":
+        proc = _start_until_checkpoint(args, out, stderr=subprocess.DEVNULL)
+    else:
+        proc = _start_until_line(args, out, phase)
+    assert proc.poll() is None, f"the run ended before '{phase}' could be interrupted"
+    time.sleep(float(np.random.default_rng(len(phase)).uniform(0, 0.2)))  # anywhere in the phase
+    proc.kill()
     proc.wait()
-    assert out.with_name(out.name + ".ckpt").exists() and not out.exists()  # no partial output
-    resumed = _cli(*args, "-o", str(out), "--resume", "--json")
+    # never a partial output: the model appears only together with its report
+    assert out.exists() == out.with_name("m.report.json").exists()
+    resumed = _cli(*args, "--quiet", "-o", str(out), "--resume")
     assert resumed.returncode == 0, resumed.stderr
-    doc = json.loads(resumed.stdout)
-    assert doc["training"]["resumed_from_step"] > 0
     assert _weights(ref) == _weights(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.report.json"]
+
+
+def _start_until_line(args, out, marker):
+    """Start ``zerop-deploy *args -o out`` on a terminal; return once it prints ``marker``."""
+    import pty
+    import select
+
+    master, slave = pty.openpty()  # progress lines are printed only to a terminal
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "zerop_deploy", *args, "-o", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=slave,
+    )
+    os.close(slave)
+    seen, deadline = b"", time.time() + 240
+    try:
+        while marker.encode() not in seen and proc.poll() is None and time.time() < deadline:
+            if select.select([master], [], [], 0.05)[0]:
+                seen += os.read(master, 65536)
+    finally:
+        os.close(master)  # later writes to the terminal fail quietly (EIO) or block: kill follows
+    return proc
 
 
 def _start_until_checkpoint(args, out, *, stderr):
