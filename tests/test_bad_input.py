@@ -271,6 +271,17 @@ def _report_is_input(d):
     return _quantize(d, m, "--report", str(d / "x.npz")), "x.npz"
 
 
+def _crafted_checkpoint(d):
+    # --resume reads the checkpoint beside the output: a crafted one must not run code
+    args = _quantize(d, _model(d), "--resume")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("m.int4.onnx/data.pkl", pickle.dumps({"student": _Touch(d)}))
+        z.writestr("m.int4.onnx/version", "3\n")
+    (d / "out" / "m.int4.onnx.ckpt").write_bytes(buf.getvalue())
+    return args, "m.int4.onnx.ckpt"
+
+
 # --- values ----------------------------------------------------------------------------------
 
 
@@ -353,6 +364,7 @@ CASES: dict[str, Case] = {
     "output-is-the-input": _output_is_input,
     "output-folder-missing": _output_folder_missing,
     "report-is-an-input": _report_is_input,
+    "checkpoint-crafted-pickle": _crafted_checkpoint,
     # values
     "steps-0": _option("--steps", "0"),
     "steps-negative": _option("--steps", "-3"),

@@ -18,6 +18,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,10 +126,14 @@ def load_checkpoint(path: Path, fingerprint: str) -> dict:
         InputError: Unreadable file, or one written by a run with other settings.
     """
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for a corrupt file
+        with warnings.catch_warnings():  # torch warns about foreign pickle protocols on stderr
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for a corrupt or crafted file
+        # torch's own text suggests weights_only=False, which would run the file's code: not shown
         raise InputError(
-            f"{path}: checkpoint cannot be read ({e}); delete it or drop --resume"
+            f"{path}: checkpoint cannot be read safely ({type(e).__name__}: damaged, or not "
+            "written by zerop-deploy); delete it or drop --resume"
         ) from e
     if state.get("fingerprint") != fingerprint:
         raise InputError(
