@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -290,13 +292,19 @@ def test_a_decompression_bomb_header_is_skipped_without_decoding(tmp_path):
             struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
         )
 
-    # a valid PNG header claiming 50,000 x 50,000 RGB pixels (7.5 GB decoded), a few bytes long
-    ihdr = struct.pack(">IIBBBBB", 50_000, 50_000, 8, 2, 0, 0, 0)
-    bomb = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-    (tmp_path / "bomb.png").write_bytes(bomb + chunk(b"IEND", b""))
+    # valid PNG headers claiming 50,000 x 50,000 RGB pixels (7.5 GB decoded; PIL refuses it) and
+    # 12,000 x 10,000 (PIL would only warn, on stderr, and decode it), a few bytes each
+    for name, w, h in (("bomb.png", 50_000, 50_000), ("big.png", 12_000, 10_000)):
+        ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+        png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+        png += chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        (tmp_path / name).write_bytes(png + chunk(b"IEND", b""))
     Image.new("RGB", (8, 8), (9, 9, 9)).save(tmp_path / "ok.png")
-    pool = load_pool(open_source(tmp_path), (3, 8, 8))
-    assert len(pool.images) == 1 and pool.skipped == 1
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pool = load_pool(open_source(tmp_path), (3, 8, 8))
+    assert len(pool.images) == 1 and pool.skipped == 2
+    assert not caught  # a warning would be a second line on stderr
     (tmp_path / "ok.png").unlink()
     with pytest.raises(InputError, match="could be read"):
         load_pool(open_source(tmp_path), (3, 8, 8))

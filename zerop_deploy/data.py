@@ -16,6 +16,7 @@ own input.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -167,13 +168,22 @@ def _open_folder(p: Path) -> ImageSource:
     return ImageSource(str(p), "folder", len(files), labels, _files=tuple(map(str, files)))
 
 
+MAX_PIXELS = 100_000_000
+"""Image files whose header claims more pixels than this are skipped without being decoded."""
+
+
 def _decode(path: str, chw: tuple[int, int, int]) -> np.ndarray | None:
     """One file as uint8 H x W x C (C is 1 or 3), or None when it cannot be decoded."""
     from PIL import Image
 
     mode = "L" if chw[0] == 1 else "RGB"
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings():  # PIL's DecompressionBombWarning would be a stderr line
+            warnings.simplefilter("ignore")
+            im = Image.open(path)  # reads the header only
+        with im:
+            if im.size[0] * im.size[1] > MAX_PIXELS:
+                return None  # a decompression bomb, or nothing a CNN input is cut from
             if im.format == "JPEG":
                 im.draft(mode, (chw[2], chw[1]))  # DCT scaling, still covering W x H
             arr = np.asarray(im.convert(mode), dtype=np.uint8)
