@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import click
@@ -14,6 +18,36 @@ PROG = "zerop-deploy"
 def fail(message: str, code: int) -> None:
     click.echo(f"{PROG}: error: {' '.join(message.split())}", err=True)
     sys.exit(code)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, ``docker stop``, a batch scheduler's preemption) as an interrupt.
+
+    Being a KeyboardInterrupt, it takes the same path as Ctrl-C: the checkpoint is written and the
+    command stops with one line; the exit code is 143 instead of 130.
+    """
+
+
+def interrupted_code(e: BaseException) -> int:
+    """Exit code of an interrupt: 143 for SIGTERM, 130 for SIGINT."""
+    return 143 if isinstance(e, Terminated) else 130
+
+
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """Turn SIGTERM into :class:`Terminated` while the block runs (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(_signum: int, _frame: Any) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def print_json(doc: Any) -> None:

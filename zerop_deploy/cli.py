@@ -19,10 +19,12 @@ from zerop_deploy._cli_util import (
     device_option,
     fail,
     floats,
+    interrupted_code,
     json_option,
     mean_option,
     print_json,
     seed_option,
+    sigterm_interrupts,
     std_option,
 )
 from zerop_deploy.cli_quantize import quantize_cmd
@@ -36,7 +38,8 @@ class _Cli(click.Group):
     def main(self, *args: Any, **kwargs: Any) -> Any:  # noqa: D102 - see class docstring
         kwargs["standalone_mode"] = False
         try:
-            rv = super().main(*args, **kwargs)
+            with sigterm_interrupts():
+                rv = super().main(*args, **kwargs)
         except ZeropError as e:
             fail(str(e), e.exit_code)
         except click.UsageError as e:
@@ -46,8 +49,8 @@ class _Cli(click.Group):
             fail(e.format_message(), e.exit_code)
         except click.exceptions.Abort:
             fail("interrupted", 130)
-        except KeyboardInterrupt:
-            fail("interrupted", 130)
+        except KeyboardInterrupt as e:
+            fail("interrupted", interrupted_code(e))
         sys.exit(rv if isinstance(rv, int) else 0)
 
 
@@ -272,8 +275,11 @@ def synth_cmd(
             preview=preview,
             resume=resume,
         )
-    except KeyboardInterrupt:
-        fail("interrupted; finished batches are kept: rerun the same command with --resume", 130)
+    except KeyboardInterrupt as e:
+        fail(
+            "interrupted; finished batches are kept: rerun the same command with --resume",
+            interrupted_code(e),
+        )
     if not doc:  # torchrun: ranks other than 0
         return
     if as_json:

@@ -12,6 +12,7 @@ from zerop_deploy._cli_util import (
     device_option,
     fail,
     floats,
+    interrupted_code,
     mean_option,
     print_json,
     seed_option,
@@ -228,8 +229,11 @@ def quantize_cmd(
             plot_layers=plot_layers,
             progress=not quiet,
         )
-    except KeyboardInterrupt:
-        fail("interrupted; the last checkpoint is kept: rerun the same command with --resume", 130)
+    except KeyboardInterrupt as e:
+        fail(
+            "interrupted; the last checkpoint is kept: rerun the same command with --resume",
+            interrupted_code(e),
+        )
     except QualityGateError as e:
         _summary(getattr(e, "doc", None), as_json)
         raise

@@ -313,7 +313,10 @@ def test_validate_command_on_an_exported_model(workdir, tmp_path):
     assert table.returncode == 0 and "top-1 agreement" in table.stdout
 
 
-def test_ctrl_c_keeps_a_checkpoint_and_resume_gives_the_same_model(workdir, tmp_path):
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_or_sigterm_keeps_a_checkpoint_and_resume_gives_the_same_model(
+    workdir, tmp_path, sig, code
+):
     args = [
         *_q(workdir),
         "--steps", "200", "--checkpoint-every", "0", "--quiet", "--seed", "5",
@@ -323,9 +326,9 @@ def test_ctrl_c_keeps_a_checkpoint_and_resume_gives_the_same_model(workdir, tmp_
     out = tmp_path / "int.onnx"
     proc = _start_until_checkpoint(args, out, stderr=subprocess.PIPE)
     assert proc.poll() is None, "the run finished before it could be interrupted; raise --steps"
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
+    assert proc.returncode == code, err
     assert len(err.strip().splitlines()) == 1 and "--resume" in err and "Traceback" not in err
     assert out.with_name(out.name + ".ckpt").exists() and not out.exists()
     resumed = _cli(*args, "-o", str(out), "--resume", "--json")
