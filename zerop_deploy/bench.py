@@ -48,6 +48,19 @@ def _session(model: onnx.ModelProto | str, threads: int) -> Any:
         raise ValidationError(f"{name}: onnxruntime cannot load the model: {e}") from e
 
 
+def nbits_packed(q: np.ndarray, block: int) -> np.ndarray:
+    """int4 weights ``q`` [N, K] as MatMulNBits' ``B`` input, ``[N, ceil(K / block), block / 2]``.
+
+    Codes are ``q + 8`` (MatMulNBits' default zero point 8, so ``(code - 8) * scale == q * scale``),
+    two per byte, low nibble first; K is padded with zero weights to whole blocks.
+    """
+    n, k = q.shape
+    blocks = -(-k // block)
+    codes = np.full((n, blocks * block), 8, np.uint8)
+    codes[:, :k] = (q.astype(np.int16) + 8).astype(np.uint8)
+    return (codes[:, 0::2] | (codes[:, 1::2] << 4)).reshape(n, blocks, block // 2)
+
+
 def interleaved_median(
     fns: dict[str, Callable[[], object]], *, rounds: int = 7, min_seconds: float = 0.05
 ) -> dict[str, float]:
@@ -203,11 +216,8 @@ class _Layer:
     def nbits_model(self, a: np.ndarray) -> onnx.ModelProto:
         n, k = self.w.shape[0], a.shape[-1]
         block = max(16, min(128, 1 << (k.bit_length() - 1)))
-        blocks = -(-k // block)
-        codes = np.full((n, blocks * block), 8, np.uint8)
-        codes[:, :k] = (self.q.reshape(n, -1).astype(np.int16) + 8).astype(np.uint8)
-        packed = (codes[:, 0::2] | (codes[:, 1::2] << 4)).reshape(n, blocks, block // 2)
-        scales = np.repeat(self.scales, blocks).astype(np.float32)
+        packed = nbits_packed(self.q.reshape(n, -1), block)
+        scales = np.repeat(self.scales, packed.shape[1]).astype(np.float32)
         inputs = ["X", "Wp", "Ws"] + ([] if self.bias is None else ["", "", "B"])
         node = helper.make_node(
             "MatMulNBits",

@@ -7,7 +7,10 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from zerop_deploy.bench import interleaved_median  # noqa: F401  (the benchmarks' fair timer)
+from zerop_deploy.bench import (
+    interleaved_median,  # noqa: F401  (the benchmarks' fair timer)
+    nbits_packed,
+)
 
 SPIN = False
 """Whether onnxruntime's idle worker threads spin (its default) or sleep between runs. Spinning
@@ -64,10 +67,7 @@ def matmul_nbits_model(
     Codes are w + 8 with the default zero point 8, so ``(code - 8) * scale == w * scale``.
     """
     n, k = w.shape
-    blocks = -(-k // block)
-    codes = np.full((n, blocks * block), 8, dtype=np.uint8)
-    codes[:, :k] = (w.astype(np.int16) + 8).astype(np.uint8)
-    packed = (codes[:, 0::2] | (codes[:, 1::2] << 4)).reshape(n, blocks, block // 2)
+    packed = nbits_packed(w, block)
     node = helper.make_node(
         "MatMulNBits",
         ["A", "B", "scales"],
