@@ -190,6 +190,7 @@ def run_row(method: str, bits: str, prep: Prep, x, y) -> dict:
 def _shown(cmd: list[str], prep: Prep) -> str:
     """The command as a user would type it: paths relative to ../shared, candidates elided."""
     text = " ".join(cmd).replace(str(prep.tmp) + "/", "").replace(sys.executable, "python")
+    text = text.replace(str(prep.work) + "/", "").replace(str(ROOT) + "/", "")
     cands = " ".join(_candidates(prep.args.data))
     return (
         text.replace(cands, "<every proxy set of ../shared/data>")
