@@ -89,3 +89,23 @@ def small_cnn(*, keep_bn: bool = True, opset: int = 17, seed: int = 0):
     return onnx.load_from_string(
         onnx_bytes(net.eval(), (1, 3, 16, 16), keep_bn=keep_bn, opset=opset)
     )
+
+
+def with_external_data(folder: Path, location: str) -> tuple[Path, bytes]:
+    """``folder/model/ext.onnx``: a MatMul whose weight points to external data at ``location``.
+
+    Returns the model's path and the weight bytes the external file should hold (nothing is
+    written at ``location``).
+    """
+    w = np.arange(64, dtype=np.float32).reshape(8, 8)
+    model = one_node_model("MatMul", {"x": (2, 8)}, (2, 8), opset=17, initializers={"w": w})
+    tensor = model.graph.initializer[0]
+    tensor.ClearField("raw_data")
+    tensor.data_location = TensorProto.EXTERNAL
+    for k, v in (("location", location), ("offset", "0"), ("length", str(w.nbytes))):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = k, v
+    path = folder / "model" / "ext.onnx"
+    path.parent.mkdir(exist_ok=True)
+    onnx.save(model, str(path))
+    return path, w.tobytes()

@@ -25,7 +25,7 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
-from tests.helpers import one_node_model, small_cnn
+from tests.helpers import small_cnn, with_external_data
 from zerop_deploy.cli import main
 
 Case = Callable[[Path], tuple[list[str], str]]
@@ -175,21 +175,13 @@ def _external(location: str, *, write: int | None = None, outside: bool = False)
     """A MatMul model whose weight lives in an external file at ``location``."""
 
     def case(d):
-        w = np.arange(16 * 8, dtype=np.float32).reshape(16, 8)
-        m = one_node_model("MatMul", {"x": (2, 16)}, (2, 8), opset=17, initializers={"w": w})
-        t = m.graph.initializer[0]
-        t.ClearField("raw_data")
-        t.data_location = TensorProto.EXTERNAL
-        for k, v in (("location", location), ("offset", "0"), ("length", str(w.nbytes))):
-            e = t.external_data.add()
-            e.key, e.value = k, v
-        (d / "model").mkdir()
+        path, data = with_external_data(d, location)
         if write is not None:
-            (d / "model" / "w.bin").write_bytes(w.tobytes()[:write])
+            (path.parent / "w.bin").write_bytes(data[:write])
         if outside:
-            (d / "outside.bin").write_bytes(w.tobytes())
-            os.symlink(d / "outside.bin", d / "model" / "link.bin")
-        return _quantize(d, _model(d / "model", m)), "m.onnx"
+            (d / "outside.bin").write_bytes(data)
+            os.symlink(d / "outside.bin", path.parent / "link.bin")
+        return _quantize(d, path), "ext.onnx"
 
     return case
 

@@ -7,7 +7,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from tests.helpers import one_node_model, shared_path
+from tests.helpers import one_node_model, shared_path, with_external_data
 from zerop_deploy.errors import InputError, UnsupportedModelError
 from zerop_deploy.load import load_model, read_model
 
@@ -54,23 +54,8 @@ def test_truncated_model_is_refused(tmp_path, cnn_bn):
         read_model(p)
 
 
-def _with_external_data(tmp_path, location):
-    w = np.arange(64, dtype=np.float32).reshape(8, 8)
-    model = one_node_model("MatMul", {"x": (2, 8)}, (2, 8), opset=17, initializers={"w": w})
-    tensor = model.graph.initializer[0]
-    tensor.ClearField("raw_data")
-    tensor.data_location = TensorProto.EXTERNAL
-    for k, v in (("location", location), ("offset", "0"), ("length", str(w.nbytes))):
-        entry = tensor.external_data.add()
-        entry.key, entry.value = k, v
-    path = tmp_path / "model" / "ext.onnx"
-    path.parent.mkdir(exist_ok=True)
-    onnx.save(model, str(path))
-    return path, w.tobytes()
-
-
 def test_external_data_next_to_the_model_loads(tmp_path):
-    path, data = _with_external_data(tmp_path, "weights.bin")
+    path, data = with_external_data(tmp_path, "weights.bin")
     (path.parent / "weights.bin").write_bytes(data)
     loaded = load_model(path)
     assert numpy_helper.to_array(loaded.proto.graph.initializer[0])[1, 0] == 8.0
@@ -78,7 +63,7 @@ def test_external_data_next_to_the_model_loads(tmp_path):
 
 @pytest.mark.parametrize("location", ["../outside.bin", "/etc/passwd", "link.bin"])
 def test_external_data_outside_the_folder_is_refused(tmp_path, location):
-    path, data = _with_external_data(tmp_path, location)
+    path, data = with_external_data(tmp_path, location)
     (tmp_path / "outside.bin").write_bytes(data)
     os.symlink(tmp_path / "outside.bin", path.parent / "link.bin")
     with pytest.raises(InputError, match="path traversal"):
@@ -86,7 +71,7 @@ def test_external_data_outside_the_folder_is_refused(tmp_path, location):
 
 
 def test_external_data_missing_or_short(tmp_path):
-    path, data = _with_external_data(tmp_path, "weights.bin")
+    path, data = with_external_data(tmp_path, "weights.bin")
     with pytest.raises(InputError, match="missing"):
         read_model(path)
     (path.parent / "weights.bin").write_bytes(data[:10])
