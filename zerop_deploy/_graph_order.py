@@ -46,13 +46,13 @@ def check_order(graph: onnx.GraphProto, p: Path) -> None:
             )
         order += ready
         done.update(o for n in ready for o in n.output)
-        pending = [n for n in pending if not any(n is r for r in ready)]
-    if [id(n) for n in order] != [id(n) for n in graph.node]:
-        nodes = [onnx.NodeProto() for _ in order]
-        for dst, src in zip(nodes, order, strict=True):
-            dst.CopyFrom(src)
-        del graph.node[:]
-        graph.node.extend(nodes)
+        placed = {id(n) for n in ready}
+        pending = [n for n in pending if id(n) not in placed]
+    nodes = [onnx.NodeProto() for _ in order]  # copies: the originals are cleared below
+    for dst, src in zip(nodes, order, strict=True):
+        dst.CopyFrom(src)
+    del graph.node[:]
+    graph.node.extend(nodes)
 
 
 def _cycle(stuck: list[onnx.NodeProto], producer: dict[str, onnx.NodeProto]) -> str:
