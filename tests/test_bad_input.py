@@ -435,7 +435,7 @@ def test_output_in_a_read_only_folder_is_refused_before_any_work(tmp_path):
         ro.chmod(0o555)
     else:  # root writes through file modes; /sys is a folder where even root cannot create files
         ro = Path("/sys")
-        if not ro.is_dir() or os.access(ro, os.W_OK) and _can_create(ro):
+        if not ro.is_dir() or _can_create(ro):
             pytest.skip("no read-only folder available as root")
     args = _quantize(tmp_path, _model(tmp_path))
     args[args.index("-o") + 1] = str(ro / "m.int4.onnx")
@@ -443,6 +443,7 @@ def test_output_in_a_read_only_folder_is_refused_before_any_work(tmp_path):
 
 
 def _can_create(folder: Path) -> bool:
+    """Checked here independently of the tool's own probe, which is what the test is about."""
     try:
         (folder / ".zerop-probe").touch()
     except OSError:
