@@ -1,4 +1,7 @@
-"""The fine-tuning loop: loss, schedule, feature matching, checkpoints."""
+"""The fine-tuning loop: loss, schedule, feature matching, checkpoints, interrupts."""
+
+import os
+import signal
 
 import pytest
 import torch
@@ -65,3 +68,58 @@ def test_checkpoint_roundtrip_and_fingerprint_check(tmp_path):
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(InputError, match="cannot be read"):
         load_checkpoint(path, "abc")
+
+
+def _run(proto, tmp_path, batches, *, resume=False):
+    torch.manual_seed(0)  # _setup calibrates on random images
+    teacher, student, _ = _setup(proto)
+    cfg = TrainConfig(steps=6, batch_size=4, checkpoint_every_s=1e9)
+    tmp_path.mkdir(exist_ok=True)
+    ckpt = tmp_path / "run.ckpt"
+    train(teacher, student, batches, cfg, device=torch.device("cpu"), checkpoint=ckpt,
+          resume=resume, progress=False)  # fmt: skip
+    return student.state_dict(), ckpt
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_inside_a_step_waits_for_the_step_and_resumes_exactly(cnn_bn, tmp_path, sig):
+    """The signal lands mid-step (while the batch is drawn); the step still completes whole."""
+    images = torch.rand(24, 3, 16, 16)
+    reference, _ = _run(cnn_bn, tmp_path / "ref", batch_fn(images, 4, seed=0))
+
+    def interrupting(step):
+        if step == 2:
+            os.kill(os.getpid(), sig)  # delivered at once; held until step 2 is done
+        return batch_fn(images, 4, seed=0)(step)
+
+    class Stop(KeyboardInterrupt):
+        pass
+
+    def raise_stop(*_):
+        raise Stop
+
+    previous = signal.signal(sig, raise_stop)
+    try:
+        with pytest.raises(Stop):
+            _run(cnn_bn, tmp_path / "int", interrupting)
+        assert signal.getsignal(sig) is raise_stop  # the caller's handler is back
+    finally:
+        signal.signal(sig, previous)
+    assert load_checkpoint(tmp_path / "int" / "run.ckpt", "")["step"] == 3
+    resumed, _ = _run(cnn_bn, tmp_path / "int", batch_fn(images, 4, seed=0), resume=True)
+    assert all(torch.equal(reference[k], resumed[k]) for k in reference)
+
+
+def test_a_second_interrupt_stops_mid_step_without_a_half_done_checkpoint(cnn_bn, tmp_path):
+    images = torch.rand(24, 3, 16, 16)
+
+    def twice(step):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)  # the user presses Ctrl-C again: stop now
+        return batch_fn(images, 4, seed=0)(step)
+
+    with pytest.raises(KeyboardInterrupt):
+        _run(cnn_bn, tmp_path, twice)
+    assert not (tmp_path / "run.ckpt").exists()  # no periodic checkpoint yet, none half-done
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -7,7 +7,8 @@ cosine decay over the planned steps (or over the time budget, whichever ends fir
 
 Checkpoints (student weights and step sizes, optimizer state, step, elapsed time, a fingerprint
 of the run's settings) are written atomically every ``checkpoint_every_s`` seconds and when the
-loop is interrupted; they are read back with ``torch.load(weights_only=True)``, never by
+loop is interrupted (Ctrl-C and SIGTERM wait for the running step to finish, so a checkpoint never
+holds half a step); they are read back with ``torch.load(weights_only=True)``, never by
 unpickling objects.
 """
 
@@ -29,6 +30,7 @@ from torch import nn
 
 from zerop_deploy.config import TrainConfig
 from zerop_deploy.errors import InputError
+from zerop_deploy.quant._interrupts import StepBoundary
 from zerop_deploy.quant.modules import ActQuantizer, QuantLayer
 
 BatchFn = Callable[[int], torch.Tensor]
@@ -278,6 +280,20 @@ def _lr_factor(step: int, steps: int, elapsed: float, budget: float | None) -> f
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, frac)))
 
 
+def _step(teacher, student, x, cfg, opt, taps) -> tuple[int, float]:
+    """One distillation step on images ``x``; returns the batch size and the loss."""
+    with torch.no_grad():
+        target = teacher(x)
+    loss = kd_loss(student(x), target, cfg.temperature)
+    features = taps.loss()
+    if features is not None:
+        loss = loss + cfg.feature_weight * features
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return len(x), float(loss.detach())
+
+
 def _loop(teacher, student, batch, cfg, opt, device, step, elapsed0, snapshot, progress, taps):
     from tqdm import tqdm
 
@@ -291,35 +307,31 @@ def _loop(teacher, student, batch, cfg, opt, device, step, elapsed0, snapshot, p
         disable=not progress or not sys.stderr.isatty(),
         desc="fine-tuning",
     )
-    start = step
+    start, consistent = step, True  # consistent: weights and optimizer state belong to `step`
     try:
-        while step < cfg.steps:
-            elapsed = elapsed0 + time.monotonic() - t0
-            if cfg.time_budget_s is not None and elapsed >= cfg.time_budget_s:
-                break
-            for g in opt.param_groups:
-                g["lr"] = g["base_lr"] * _lr_factor(step, cfg.steps, elapsed, cfg.time_budget_s)
-            x = batch(step).to(device)
-            with torch.no_grad():
-                target = teacher(x)
-            loss = kd_loss(student(x), target, cfg.temperature)
-            features = taps.loss()
-            if features is not None:
-                loss = loss + cfg.feature_weight * features
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step, images, loss_val = step + 1, images + len(x), float(loss.detach())
-            bar.update(1)
-            bar.set_postfix(
-                loss=f"{loss_val:.4f}", img_s=f"{images / max(1e-9, time.monotonic() - t0):.0f}"
-            )
-            if time.monotonic() - last_ckpt >= cfg.checkpoint_every_s:
-                snapshot(step, elapsed0 + time.monotonic() - t0)
-                last_ckpt = time.monotonic()
+        with StepBoundary() as boundary:
+            while step < cfg.steps:
+                boundary.check()  # an interrupt that came during the last step stops here
+                elapsed = elapsed0 + time.monotonic() - t0
+                if cfg.time_budget_s is not None and elapsed >= cfg.time_budget_s:
+                    break
+                for g in opt.param_groups:
+                    g["lr"] = g["base_lr"] * _lr_factor(step, cfg.steps, elapsed, cfg.time_budget_s)
+                consistent = False
+                n, loss_val = _step(teacher, student, batch(step).to(device), cfg, opt, taps)
+                step, images, consistent = step + 1, images + n, True
+                bar.update(1)
+                bar.set_postfix(
+                    loss=f"{loss_val:.4f}",
+                    img_s=f"{images / max(1e-9, time.monotonic() - t0):.0f}",
+                )
+                if time.monotonic() - last_ckpt >= cfg.checkpoint_every_s:
+                    snapshot(step, elapsed0 + time.monotonic() - t0)
+                    last_ckpt = time.monotonic()
     except KeyboardInterrupt:
-        with contextlib.suppress(Exception):
-            snapshot(step, elapsed0 + time.monotonic() - t0)
+        if consistent:  # a second Ctrl-C mid-step keeps the last periodic checkpoint instead
+            with contextlib.suppress(Exception):
+                snapshot(step, elapsed0 + time.monotonic() - t0)
         raise
     finally:
         bar.close()
