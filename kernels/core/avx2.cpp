@@ -52,9 +52,9 @@ ZEROP_AVX2 inline void accumulate(const int8_t* a, int64_t lda, const uint8_t* w
       __m256i p[R];
       for (int r = 0; r < R; ++r) p[r] = _mm256_setzero_si256();
       for (int u = 0; u < steps; ++u) {
-        if (u == 0)  // two blocks of NC weight rows ahead: hides DRAM latency
+        if (u == 0 && (c & 1) == 0)  // two blocks of NC rows ahead, into L2, once per line
           _mm_prefetch(reinterpret_cast<const char*>(w + (j + 2 * NC) * ldw + c * kChunkBytes),
-                       _MM_HINT_T0);
+                       _MM_HINT_T1);
         // nibble ^ 8 turns a two's-complement int4 w into w + 8 (0..15), both nibbles at once
         const __m256i v = _mm256_xor_si256(
             _mm256_loadu_si256(

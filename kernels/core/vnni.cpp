@@ -37,11 +37,14 @@ ZEROP_VNNI inline void accumulate(const int8_t* a, int64_t lda, const uint8_t* w
       ae[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + r * lda + c * kChunk));
       ao[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + r * lda + c * kChunk + 32));
     }
+    const bool line = (c & 1) == 0;  // two chunks per 64-byte line: one prefetch per line
     for (int j = 0; j < NC; ++j) {
-      // the same bytes two blocks of NC weight rows ahead: hides DRAM latency when the weights
-      // do not fit the caches
-      _mm_prefetch(reinterpret_cast<const char*>(w + (j + 2 * NC) * ldw + c * kChunkBytes),
-                   _MM_HINT_T0);
+      // the same bytes two blocks of NC weight rows ahead, into L2: hides DRAM latency when the
+      // weights do not fit the caches (into L1 it ties up the few L1 miss buffers and halves
+      // the DRAM rate; see BENCHMARKS.md)
+      if (line)
+        _mm_prefetch(reinterpret_cast<const char*>(w + (j + 2 * NC) * ldw + c * kChunkBytes),
+                     _MM_HINT_T1);
       // (nibble & 0xF) ^ 8 turns a two's-complement int4 w into w + 8 (0..15): one vpternlogd,
       // whose table 0x6A is (a & b) ^ c
       const __m256i v =
