@@ -114,6 +114,47 @@ def test_fused_lsq_matches_the_primitive_forward_and_gradients():
         assert torch.allclose(x1.grad, x2.grad) and torch.allclose(s1.grad, s2.grad, atol=1e-5)
 
 
+def test_fused_lsq_with_a_zero_point_matches_the_primitive():
+    from zerop_deploy.quant.modules import lsq_fake_quantize
+
+    torch.manual_seed(2)
+    x1 = (torch.randn(6, 9) * 3 + 2).requires_grad_()
+    s1 = torch.tensor(0.4, requires_grad=True)
+    x2, s2 = x1.detach().clone().requires_grad_(), s1.detach().clone().requires_grad_()
+    z = torch.tensor(-5.0)
+    y1 = lsq_fake_quantize(x1, s1, -8, 7, None, 0.5, z)
+    y2 = fake_quantize(x2, s2 * 0.5 + (s2 - s2 * 0.5).detach(), z, qmin=-8, qmax=7)
+    assert torch.equal(y1, y2)
+    assert (y1 > 0.4 * 7).any()  # the zero point really shifted the range upwards
+    g = torch.randn(6, 9)
+    (y1 * g).sum().backward()
+    (y2 * g).sum().backward()
+    assert torch.allclose(x1.grad, x2.grad) and torch.allclose(s1.grad, s2.grad, atol=1e-5)
+
+
+def test_asymmetric_calibration_finds_a_zero_point_and_hands_it_over(cnn_bn):
+    from zerop_deploy.quant.calibrate import mse_activation_qparams
+
+    v = torch.rand(20000) * 3 - 0.3  # signed, but mostly positive
+    s, z = mse_activation_qparams(v, -8, 7)
+    sym = mse_activation_scale(v, -8, 7)
+
+    def err(scale, zp):
+        return float((fake_quantize(v, torch.tensor(scale), zp, qmin=-8, qmax=7) - v).pow(2).mean())
+
+    assert z < -4 and err(s, z) < 0.5 * err(sym, 0)
+    teacher = convert_model(cnn_bn)
+    student, plan = build_student(teacher, cnn_bn, QuantConfig(asymmetric_activations=True))
+    init_weight_scales(student)
+    calibrate_activations(student, [torch.rand(8, 3, 16, 16) * 2 + 0.5])  # all-positive input
+    first = next(iter(quant_layers(student).values()))
+    assert first.act.signed and first.act.asymmetric and first.act.zero_point.item() < 0
+    handover = layer_quants(student, plan, cnn_bn)
+    assert handover[0].act.zero_point == int(first.act.zero_point.item())
+    unsigned = [q.act for q in quant_layers(student).values() if not q.act.signed]
+    assert unsigned and all(a.zero_point.item() == 0 and not a.asymmetric for a in unsigned)
+
+
 def _convtranspose_matmul_model():
     import io
 

@@ -150,6 +150,17 @@ from zerop_deploy.errors import QualityGateError
     default=None,
     help="Bar chart PNG of every layer's output SQNR vs fp32 (which layers hurt most).",
 )
+@click.option(
+    "--asymmetric-activations/--symmetric-activations",
+    default=None,
+    help="Signed activations get a calibrated zero point (asymmetric) or a range symmetric "
+    "around 0.",
+)
+@click.option(
+    "--equalize/--no-equalize",
+    default=None,
+    help="Cross-layer equalization of the activation between a Conv and the Conv it alone feeds.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report on stdout.")
 def quantize_cmd(
@@ -181,6 +192,8 @@ def quantize_cmd(
     checkpoint_every: float,
     min_agreement: float | None,
     plot_layers: Path | None,
+    asymmetric_activations: bool | None,
+    equalize: bool | None,
     quiet: bool,
     as_json: bool,
 ) -> None:
@@ -193,6 +206,10 @@ def quantize_cmd(
         abits=int(abits or bits),
         first_last_bits=int(first_last_bits),
         overrides=load_overrides(layer_config) if layer_config else {},
+        asymmetric_activations=QuantConfig().asymmetric_activations
+        if asymmetric_activations is None
+        else asymmetric_activations,
+        equalize=QuantConfig().equalize if equalize is None else equalize,
     )
     default_steps = TrainConfig().steps if time_budget is None else 10_000_000
     train = TrainConfig(

@@ -46,6 +46,10 @@ class QuantConfig:
         first_last_bits: Weight and activation bits of the first and last quantized layer.
         overrides: Per-layer overrides keyed by ONNX node name (they win over everything else).
         fold_bn: Fold BatchNormalization into the preceding Conv before fine-tuning.
+        asymmetric_activations: Give signed activations (inputs not proven non-negative) a zero
+            point chosen by calibration, instead of a range symmetric around 0.
+        equalize: Cross-layer equalization of the activations between a Conv and the Conv it
+            alone feeds (:mod:`zerop_deploy.quant.equalize`).
     """
 
     wbits: int = 4
@@ -53,6 +57,8 @@ class QuantConfig:
     first_last_bits: int = 8
     overrides: dict[str, LayerOverride] = field(default_factory=dict)
     fold_bn: bool = True
+    asymmetric_activations: bool = False
+    equalize: bool = False
 
     def __post_init__(self) -> None:
         _check_bits("wbits", self.wbits)

@@ -3,8 +3,9 @@
 Weights: for every output channel, the clipping ratio ``r`` of ``max|w|`` that minimises the squared
 quantization error is searched on a grid. Activations: the student runs in float on calibration
 images
-while every input quantizer records a bounded sample of its values; the scale minimising the squared
-error of fake-quantizing that sample is chosen the same way. Outliers therefore cost a little
+while every input quantizer records a bounded sample of its values; the scale (and, for asymmetric
+signed inputs, the zero point) minimising the squared error of fake-quantizing that sample is chosen
+the same way. Outliers therefore cost a little
 clipping
 instead of wasting most of the 16 levels of a 4-bit range.
 """
@@ -52,6 +53,33 @@ def mse_activation_scale(values: torch.Tensor, qmin: int, qmax: int) -> float:
     return best_s
 
 
+def mse_activation_qparams(values: torch.Tensor, qmin: int, qmax: int) -> tuple[float, int]:
+    """Per-tensor ``(scale, zero_point)`` minimising the squared error, zero point free.
+
+    Candidates: the symmetric scales of :func:`mse_activation_scale` (zero point 0) and, for every
+    clipping ratio ``r``, the range ``[r * min, r * max]`` (widened to hold 0) mapped onto
+    ``[qmin, qmax]`` with an integer zero point. Never worse than the symmetric choice on
+    ``values``.
+    """
+    v = values.float()
+    s0 = mse_activation_scale(v, qmin, qmax)
+    best = (
+        s0,
+        0,
+        float((fake_quantize(v, torch.tensor(s0), qmin=qmin, qmax=qmax) - v).pow(2).mean()),
+    )
+    lo, hi = min(float(v.min()), 0.0), max(float(v.max()), 0.0)
+    if hi - lo <= 0:
+        return best[0], best[1]
+    for r in _RATIOS:
+        s = float(r) * (hi - lo) / (qmax - qmin)
+        z = int(min(qmax, max(qmin, round(qmin - float(r) * lo / s))))
+        err = float((fake_quantize(v, torch.tensor(s), z, qmin=qmin, qmax=qmax) - v).pow(2).mean())
+        if err < best[2]:
+            best = (s, z, err)
+    return best[0], best[1]
+
+
 def init_weight_scales(student: torch.nn.Module) -> None:
     """Set every quantized layer's weight step sizes by the MSE search."""
     for layer in quant_layers(student).values():
@@ -89,5 +117,10 @@ def calibrate_activations(student: torch.nn.Module, batches: Iterable[torch.Tens
         for q in quantizers:
             values = torch.cat(q.observed) if q.observed else torch.zeros(1)
             q.observed, q.enabled = None, True
-            q.scale.copy_(torch.tensor(mse_activation_scale(values, q.qmin, q.qmax)))
+            if q.asymmetric:
+                scale, zp = mse_activation_qparams(values, q.qmin, q.qmax)
+                q.zero_point.fill_(float(zp))
+            else:
+                scale = mse_activation_scale(values, q.qmin, q.qmax)
+            q.scale.fill_(scale)
     return seen

@@ -19,22 +19,27 @@ from zerop_deploy.quant.primitives import fake_quantize, int_range, lsq_grad_sca
 class _LsqFakeQuant(torch.autograd.Function):
     """Fused LSQ fake-quantization, in a few passes over the tensor instead of a dozen.
 
-    The forward of :func:`primitives.fake_quantize` (zero point 0), straight-through gradients.
+    The forward of :func:`primitives.fake_quantize` with an integer zero point ``z`` (a scalar
+    tensor, or None for 0), straight-through gradients.
 
     Gradients: ``x`` gets ``grad`` inside the range and 0 outside; ``scale`` gets
-    ``grad_scale * sum(grad * (q - x / s))`` (``q`` the clipped, rounded level).
+    ``grad_scale * sum(grad * (q - x / s - z))`` inside and ``grad_scale * sum(grad * (q - z))``
+    outside (``q`` the clipped, rounded level); the zero point is not trained.
     """
 
     @staticmethod
-    def forward(ctx, x, scale, qmin, qmax, axis, grad_scale):  # type: ignore[override]
+    def forward(ctx, x, scale, qmin, qmax, axis, grad_scale, zero_point=None):  # type: ignore[override]
         s = (
             scale
             if axis is None
             else scale.reshape([-1 if d == axis else 1 for d in range(x.dim())])
         )
-        v = x / s
+        v = x / s if zero_point is None else x / s + zero_point
         q = torch.round(v).clamp_(qmin, qmax)
         inside = (v >= qmin) & (v <= qmax)
+        if zero_point is not None:
+            q = q - zero_point  # the dequantized level: (q - z) * s
+            v = v - zero_point
         # what the step size's gradient needs, computed while q and v are at hand
         ds = torch.where(inside, q - v, q) if ctx.needs_input_grad[1] else None
         ctx.save_for_backward(inside, ds)
@@ -53,14 +58,23 @@ class _LsqFakeQuant(torch.autograd.Function):
             else:
                 grad_s = per_elem.sum(dim=[d for d in range(ds.dim()) if d != ctx.axis])
             grad_s = (grad_s * ctx.grad_scale).reshape(ctx.scale_shape)
-        return grad_x, grad_s, None, None, None, None
+        return grad_x, grad_s, None, None, None, None, None
 
 
 def lsq_fake_quantize(
-    x: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int, axis: int | None, grad_scale: float
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    qmin: int,
+    qmax: int,
+    axis: int | None,
+    grad_scale: float,
+    zero_point: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Fake-quantize ``x`` with step ``scale`` (per tensor or along ``axis``), LSQ gradients."""
-    return _LsqFakeQuant.apply(x, scale, qmin, qmax, axis, grad_scale)
+    """Fake-quantize ``x`` with step ``scale`` (per tensor or along ``axis``), LSQ gradients.
+
+    ``zero_point``: an integer-valued scalar tensor (per-tensor quantization), or None for 0.
+    """
+    return _LsqFakeQuant.apply(x, scale, qmin, qmax, axis, grad_scale, zero_point)
 
 
 def _scaled_grad(p: torch.Tensor, g: float) -> torch.Tensor:
@@ -73,15 +87,18 @@ class ActQuantizer(nn.Module):
 
     Args:
         bits: Bit width (4 or 8).
-        signed: Signed symmetric range (e.g. -8..7) if True, unsigned (0..15) otherwise; zero point
-            0.
+        signed: Signed range (e.g. -8..7) if True, unsigned (0..15) otherwise.
+        asymmetric: Give a signed range an integer zero point, set by calibration (a buffer, kept in
+            checkpoints; not trained). An unsigned range (non-negative input) keeps zero point 0.
     """
 
-    def __init__(self, bits: int, signed: bool) -> None:
+    def __init__(self, bits: int, signed: bool, asymmetric: bool = False) -> None:
         super().__init__()
         self.bits, self.signed = bits, signed
+        self.asymmetric = asymmetric and signed
         self.qmin, self.qmax = int_range(bits, signed=signed)
         self.scale = nn.Parameter(torch.tensor(1.0))
+        self.register_buffer("zero_point", torch.tensor(0.0))
         self.enabled = True
         self.observed: list[torch.Tensor] | None = None
 
@@ -92,10 +109,11 @@ class ActQuantizer(nn.Module):
         if not self.enabled:
             return x
         g = lsq_grad_scale(x[0].numel() if x.dim() > 0 and len(x) else 1, self.qmax)
-        return lsq_fake_quantize(x, self.scale.abs() + 1e-12, self.qmin, self.qmax, None, g)
+        zp = self.zero_point if self.asymmetric else None
+        return lsq_fake_quantize(x, self.scale.abs() + 1e-12, self.qmin, self.qmax, None, g, zp)
 
     def extra_repr(self) -> str:  # noqa: D102 - torch's repr hook
-        return f"bits={self.bits}, signed={self.signed}"
+        return f"bits={self.bits}, signed={self.signed}, asymmetric={self.asymmetric}"
 
 
 def _sample_values(x: torch.Tensor, limit: int = 65536) -> torch.Tensor:

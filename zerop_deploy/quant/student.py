@@ -136,7 +136,9 @@ def build_student(
                 LayerPlan(name, node.op_type, mname, None, None, None, None, "override: skip")
             )
             continue
-        act = ActQuantizer(bits[1], signed=node.input[0] not in nonneg)
+        act = ActQuantizer(
+            bits[1], signed=node.input[0] not in nonneg, asymmetric=config.asymmetric_activations
+        )
         bn = bn_parameters(proto, folded) if folded else None
         layer, why = _quant_layer(student, mname, node, bits[0], act, bn)
         if layer is None:
@@ -209,7 +211,12 @@ def _act_of(layer: QuantLayer) -> ActQuant | None:
     if layer.act is None:
         return None
     q = layer.act
-    return ActQuant(bits=q.bits, signed=q.signed, scale=float(q.scale.detach().abs() + 1e-12))
+    return ActQuant(
+        bits=q.bits,
+        signed=q.signed,
+        scale=float(q.scale.detach().abs() + 1e-12),
+        zero_point=int(round(float(q.zero_point))) if q.asymmetric else 0,
+    )
 
 
 def layer_quants(
