@@ -207,11 +207,17 @@ def _fine_tune(
     if all(p.skipped for p in plan):
         raise InputError("the model has no layer to quantize (Conv, ConvTranspose, Gemm, MatMul)")
     _say(progress, f"{sum(not p.skipped for p in plan)} layers to quantize; calibrating step sizes")
-    init_weight_scales(student)
     n_sd = round(train.calib_images * proxy.synthetic_section["sd_ratio"])
     mix = torch.cat([proxy.train[: train.calib_images - n_sd], proxy.synthetic[:n_sd]])
     calib = normalize(mix, data.mean, data.std)
-    calibrate_activations(student, [calib[i : i + 64] for i in range(0, len(calib), 64)])
+    calib_batches = [calib[i : i + 64] for i in range(0, len(calib), 64)]
+    scales = {}
+    if quant.equalize:
+        from zerop_deploy.quant.equalize import equalization_pairs, equalize
+
+        scales = equalize(student, equalization_pairs(proto, plan), calib_batches)
+    init_weight_scales(student)
+    calibrate_activations(student, calib_batches)
     batches = batch_fn(
         proxy.train,
         train.batch_size,
@@ -233,6 +239,7 @@ def _fine_tune(
         resume=resume,
         progress=progress,
         feature_pairs=_feature_pairs(proto, plan),
+        feature_scales=scales,
     )
     return student.cpu().eval(), plan, result
 

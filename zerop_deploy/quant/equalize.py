@@ -1,0 +1,147 @@
+"""Cross-layer equalization of the activation between two quantized layers (DFQ, Nagel et al. 2019).
+
+Where a Conv A feeds a Conv B and nothing else (through A's folded BatchNorm and at most a ReLU),
+dividing A's output channel ``c`` (weights and bias) by ``s_c`` and multiplying B's input channel
+``c`` by ``s_c`` leaves the network's function unchanged (ReLU commutes with positive scales). The
+activation between them is quantized per tensor, so channels with a small range get few of its 16
+levels; depthwise convolutions followed by BatchNorm (MobileNet, ShuffleNet) produce such uneven,
+signed channels. With ``r_c`` the channel's range on calibration images and ``w_c`` the largest
+weight of B's input channel ``c``, ``s_c = sqrt(r_c / w_c)`` gives both the same range
+``sqrt(r_c * w_c)``, the balance DFQ derives. A's weights are quantized per output channel, so its
+own precision does not change.
+
+The teacher is untouched: the student's output of A now differs from the teacher's by the channel
+scales, so A's layer-output matching term divides the teacher's output by them
+(:func:`feature_scales`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import onnx
+import torch
+
+from zerop_deploy.quant.graph import consumers, producers
+from zerop_deploy.quant.modules import QuantConv
+
+_S_RANGE = (1e-3, 1e3)  # guards against dead channels and empty weights
+
+
+def equalization_pairs(proto: onnx.ModelProto, plan: list) -> list[tuple[str, str]]:
+    """``(module of A, module of B)`` for every quantized Conv pair that can be equalized.
+
+    B must be an ungrouped quantized Conv whose input has no other reader; that input must come
+    from a quantized Conv A (or from the BatchNorm folded into A), possibly through a ReLU that
+    has no other reader either.
+    """
+    prod, cons = producers(proto), consumers(proto)
+    done = [p for p in plan if p.skipped is None]
+    by_output: dict[str, object] = {}
+    for p in done:
+        node = next(n for n in proto.graph.node if n.name == p.node)
+        if p.op == "Conv":
+            by_output[node.output[0]] = p
+        if p.op == "Conv" and p.folded_bn:
+            bn = next(n for n in proto.graph.node if n.name == p.folded_bn)
+            by_output[bn.output[0]] = p
+    out = []
+    for b in done:
+        node_b = next(n for n in proto.graph.node if n.name == b.node)
+        if b.op != "Conv" or _groups(node_b) != 1:
+            continue
+        x = node_b.input[0]
+        if len(cons.get(x, [])) != 1:
+            continue
+        src = prod.get(x)
+        if src is not None and src.op_type == "Relu" and len(cons.get(src.input[0], [])) == 1:
+            x = src.input[0]
+        a = by_output.get(x)
+        if a is not None and a is not b and _only_reader(proto, a, x, cons):
+            out.append((a.module, b.module))
+    return out
+
+
+def _groups(node: onnx.NodeProto) -> int:
+    for attr in node.attribute:
+        if attr.name == "group":
+            return int(attr.i)
+    return 1
+
+
+def _only_reader(proto: onnx.ModelProto, a, x: str, cons) -> bool:
+    """A's conv output goes only to its folded BN (if any), whose output is ``x``."""
+    node_a = next(n for n in proto.graph.node if n.name == a.node)
+    if not a.folded_bn:
+        return node_a.output[0] == x
+    return len(cons.get(node_a.output[0], [])) == 1
+
+
+@torch.no_grad()
+def channel_ranges(
+    student: torch.nn.Module, modules: list[str], batches: Iterable[torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Per-channel ``max |x|`` of the inputs of ``modules`` in the float student on ``batches``."""
+    from zerop_deploy.quant.modules import quant_layers
+
+    layers = list(quant_layers(student).values())
+    ranges: dict[str, torch.Tensor] = {}
+    hooks = []
+    for name in modules:
+
+        def hook(_m, args, name=name):
+            r = args[0].detach().abs().transpose(0, 1).reshape(args[0].shape[1], -1).amax(1)
+            ranges[name] = r if name not in ranges else torch.maximum(ranges[name], r)
+
+        hooks.append(student.get_submodule(name).register_forward_pre_hook(hook))
+    states = [(lq, lq.quant_weights, lq.act.enabled if lq.act else None) for lq in layers]
+    try:
+        for lq in layers:
+            lq.quant_weights = False
+            if lq.act is not None:
+                lq.act.enabled = False
+        for x in batches:
+            student(x)
+    finally:
+        for h in hooks:
+            h.remove()
+        for lq, qw, enabled in states:
+            lq.quant_weights = qw
+            if lq.act is not None:
+                lq.act.enabled = enabled
+    return ranges
+
+
+@torch.no_grad()
+def equalize(
+    student: torch.nn.Module, pairs: list[tuple[str, str]], batches: list[torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Rescale every pair in place; returns A's channel scales ``s`` by A's module name.
+
+    One pass measures all ranges: equalizing a pair changes no activation but its own (a layer can
+    be B of one pair and A of the next).
+    """
+    pairs = [
+        (a, b)
+        for a, b in pairs
+        if isinstance(student.get_submodule(a), QuantConv)
+        and isinstance(student.get_submodule(b), QuantConv)
+        and student.get_submodule(a).weight.shape[0] == student.get_submodule(b).weight.shape[1]
+    ]
+    ranges = channel_ranges(student, [b for _, b in pairs], batches)
+    scales: dict[str, torch.Tensor] = {}
+    for a_name, b_name in pairs:
+        a, b = student.get_submodule(a_name), student.get_submodule(b_name)
+        r = ranges[b_name].double()
+        w = b.weight.detach().double().abs().transpose(0, 1).reshape(b.weight.shape[1], -1).amax(1)
+        s = torch.sqrt(r / w)
+        s = torch.where((r > 0) & (w > 0) & torch.isfinite(s), s, torch.ones_like(s))
+        s = s.clamp(*_S_RANGE)
+        shape_a = [-1] + [1] * (a.weight.dim() - 1)
+        shape_b = [1, -1] + [1] * (b.weight.dim() - 2)
+        a.weight.div_(s.to(a.weight.dtype).view(shape_a))
+        if a.bias is not None:
+            a.bias.div_(s.to(a.bias.dtype))
+        b.weight.mul_(s.to(b.weight.dtype).view(shape_b))
+        scales[a_name] = s.float()
+    return scales
