@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch import nn
 
+from zerop_deploy._report import layer_sqnr
 from zerop_deploy.config import QuantConfig
 from zerop_deploy.demo import onnx_bytes
 from zerop_deploy.load import convert_model
@@ -93,18 +94,35 @@ def test_equalization_keeps_the_function_and_balances_ranges(block):
         torch.testing.assert_close(r1[b], w, rtol=1e-4, atol=1e-6)
 
 
-def test_feature_targets_follow_the_channel_scales():
+def test_feature_targets_and_layer_sqnr_follow_the_channel_divisor():
     teacher, student = nn.Conv2d(2, 3, 1), nn.Conv2d(2, 3, 1)
     s = torch.tensor([2.0, 0.5, 4.0])
     with torch.no_grad():
         student.weight.copy_(teacher.weight / s.view(-1, 1, 1, 1))
         student.bias.copy_(teacher.bias / s)
     t_root, s_root = nn.Sequential(teacher), nn.Sequential(student)
-    taps = _FeatureTaps(t_root, s_root, [("0", "0")], {"0": s})
     x = torch.randn(4, 2, 5, 5)
-    t_root(x), s_root(x)
-    assert taps.loss().item() < 1e-10
     plain = _FeatureTaps(t_root, s_root, [("0", "0")])
     t_root(x), s_root(x)
-    assert plain.loss().item() > 0.1
-    taps.remove(), plain.remove()
+    assert plain.loss().item() > 0.1  # without the divisor the scaled layer looks wrong
+    plain.remove()
+    assert layer_sqnr(t_root, s_root, [("0", "0")], x)[0] < 10
+    student.register_buffer("channel_divisor", s)
+    taps = _FeatureTaps(t_root, s_root, [("0", "0")])
+    t_root(x), s_root(x)
+    assert taps.loss().item() < 1e-10
+    taps.remove()
+    assert layer_sqnr(t_root, s_root, [("0", "0")], x)[0] > 100
+
+
+def test_equalized_student_saves_and_reloads(block):
+    """The divisor is part of the state: a checkpoint of an equalized student loads back."""
+    _, student, plan = _student(block)
+    equalize(student, equalization_pairs(block, plan), [torch.randn(8, 3, 8, 8)])
+    state = student.state_dict()
+    assert sum(k.endswith("channel_divisor") for k in state) == 2
+    _, again, plan2 = _student(block)
+    equalize(again, equalization_pairs(block, plan2), [torch.randn(8, 3, 8, 8)])
+    again.load_state_dict(state)
+    for k, v in state.items():
+        assert torch.equal(again.state_dict()[k], v)

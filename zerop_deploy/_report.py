@@ -139,7 +139,7 @@ def layer_sqnr(
                 teacher(x[i : i + 128])
                 student(x[i : i + 128])
                 for k, (t_name, s_name) in enumerate(pairs):
-                    t, s = taps.teacher.pop(t_name).double(), taps.student.pop(s_name).double()
+                    t, s = (v.double() for v in taps.outputs(t_name, s_name))
                     signal[k] += float(t.pow(2).sum())
                     noise[k] += float((s - t).pow(2).sum())
     finally:

@@ -211,11 +211,10 @@ def _fine_tune(
     mix = torch.cat([proxy.train[: train.calib_images - n_sd], proxy.synthetic[:n_sd]])
     calib = normalize(mix, data.mean, data.std)
     calib_batches = [calib[i : i + 64] for i in range(0, len(calib), 64)]
-    scales = {}
     if quant.equalize:
         from zerop_deploy.quant.equalize import equalization_pairs, equalize
 
-        scales = equalize(student, equalization_pairs(proto, plan), calib_batches)
+        equalize(student, equalization_pairs(proto, plan), calib_batches)
     init_weight_scales(student)
     calibrate_activations(student, calib_batches)
     batches = batch_fn(
@@ -239,7 +238,6 @@ def _fine_tune(
         resume=resume,
         progress=progress,
         feature_pairs=_feature_pairs(proto, plan),
-        feature_scales=scales,
     )
     return student.cpu().eval(), plan, result
 

@@ -11,8 +11,8 @@ weight of B's input channel ``c``, ``s_c = sqrt(r_c / w_c)`` gives both the same
 own precision does not change.
 
 The teacher is untouched: the student's output of A now differs from the teacher's by the channel
-scales, so A's layer-output matching term divides the teacher's output by them
-(:func:`feature_scales`).
+scales, kept on A as the buffer ``channel_divisor``; layer-output matching and the report's
+per-layer SQNR divide the teacher's output by it.
 """
 
 from __future__ import annotations
@@ -144,4 +144,7 @@ def equalize(
             a.bias.div_(s.to(a.bias.dtype))
         b.weight.mul_(s.to(b.weight.dtype).view(shape_b))
         scales[a_name] = s.float()
+        # kept on A (and in checkpoints): layer-output matching and the report's per-layer SQNR
+        # divide the teacher's output by it
+        a.register_buffer("channel_divisor", s.float())
     return scales

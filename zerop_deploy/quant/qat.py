@@ -157,7 +157,6 @@ def train(
     resume: bool = False,
     progress: bool = True,
     feature_pairs: list[tuple[str, str]] | None = None,
-    feature_scales: dict[str, torch.Tensor] | None = None,
 ) -> TrainResult:
     """Fine-tune ``student`` to mimic ``teacher`` for ``cfg.steps`` steps or ``cfg.time_budget_s``.
 
@@ -174,8 +173,6 @@ def train(
         feature_pairs: ``(teacher module, student module)`` names whose outputs are matched when
             ``cfg.feature_weight`` > 0 (the teacher's BatchNorm output against the student's folded
             Conv, for instance).
-        feature_scales: Per-channel factors by student module: that module's output equals the
-            teacher's divided by them (layers rescaled by cross-layer equalization).
 
     Returns:
         Steps done, wall time and throughput.
@@ -217,12 +214,7 @@ def train(
                 },
             )
 
-    taps = _FeatureTaps(
-        teacher,
-        student,
-        feature_pairs or [] if cfg.feature_weight > 0 else [],
-        {k: v.to(device) for k, v in (feature_scales or {}).items()},
-    )
+    taps = _FeatureTaps(teacher, student, feature_pairs or [] if cfg.feature_weight > 0 else [])
     try:
         return _loop(
             teacher,
@@ -244,17 +236,14 @@ def train(
 class _FeatureTaps:
     """Forward hooks that keep the outputs of matched teacher/student modules for one step."""
 
-    def __init__(
-        self,
-        teacher: nn.Module,
-        student: nn.Module,
-        pairs: list[tuple[str, str]],
-        scales: dict[str, torch.Tensor] | None = None,
-    ):
+    def __init__(self, teacher: nn.Module, student: nn.Module, pairs: list[tuple[str, str]]):
         self.teacher: dict[str, torch.Tensor] = {}
         self.student: dict[str, torch.Tensor] = {}
         self.pairs = pairs
-        self.scales = scales or {}
+        # layers rescaled by cross-layer equalization output the teacher's values / divisor
+        self.divisors = {
+            s: getattr(student.get_submodule(s), "channel_divisor", None) for _, s in pairs
+        }
         self.handles = []
         for t_name, s_name in pairs:
             self.handles.append(
@@ -278,13 +267,18 @@ class _FeatureTaps:
             return None
         terms = []
         for t_name, s_name in self.pairs:
-            t, s = self.teacher.pop(t_name), self.student.pop(s_name)
-            if s_name in self.scales:  # the student's channels were divided by these
-                c = self.scales[s_name]
-                t = t / c.view(1, -1, *([1] * (t.dim() - 2)))
+            t, s = self.outputs(t_name, s_name)
             t, s = t.flatten(1), s.flatten(1)
             terms.append(((s - t).pow(2).mean(1) / (t.pow(2).mean(1) + 1e-8)).mean())
         return torch.stack(terms).mean()
+
+    def outputs(self, t_name: str, s_name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The recorded ``(teacher, student)`` outputs of one pair, on the same scale."""
+        t, s = self.teacher.pop(t_name), self.student.pop(s_name)
+        d = self.divisors.get(s_name)
+        if d is not None:
+            t = t / d.to(t.device).view(1, -1, *([1] * (t.dim() - 2)))
+        return t, s
 
     def remove(self) -> None:
         """Detach the hooks."""
