@@ -126,3 +126,16 @@ def test_equalized_student_saves_and_reloads(block):
     again.load_state_dict(state)
     for k, v in state.items():
         assert torch.equal(again.state_dict()[k], v)
+
+
+def test_a_value_that_is_also_a_graph_output_is_not_rescaled(block):
+    _, _, plan = _student(block)
+    names = {p.module: p.node for p in plan}
+    dw_pair = next((a, b) for a, b in equalization_pairs(block, plan) if "dw" in names[a])
+    dw_bn = next(p.folded_bn for p in plan if p.module == dw_pair[0])
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(block)
+    bn_out = next(n.output[0] for n in exposed.graph.node if n.name == dw_bn)
+    exposed.graph.output.append(onnx.helper.make_tensor_value_info(bn_out, 1, None))
+    assert dw_pair not in equalization_pairs(exposed, plan)
+    assert len(equalization_pairs(exposed, plan)) == 1

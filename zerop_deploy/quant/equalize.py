@@ -36,28 +36,35 @@ def equalization_pairs(proto: onnx.ModelProto, plan: list) -> list[tuple[str, st
     has no other reader either.
     """
     prod, cons = producers(proto), consumers(proto)
+    nodes = {n.name: n for n in proto.graph.node}
+    graph_outputs = {o.name for o in proto.graph.output}
+
+    def single_reader(value: str) -> bool:  # read by one node and not a graph output
+        return len(cons.get(value, [])) == 1 and value not in graph_outputs
+
     done = [p for p in plan if p.skipped is None]
     by_output: dict[str, object] = {}
     for p in done:
-        node = next(n for n in proto.graph.node if n.name == p.node)
         if p.op == "Conv":
-            by_output[node.output[0]] = p
-        if p.op == "Conv" and p.folded_bn:
-            bn = next(n for n in proto.graph.node if n.name == p.folded_bn)
-            by_output[bn.output[0]] = p
+            by_output[nodes[p.node].output[0]] = p
+            if p.folded_bn:
+                by_output[nodes[p.folded_bn].output[0]] = p
     out = []
     for b in done:
-        node_b = next(n for n in proto.graph.node if n.name == b.node)
+        node_b = nodes[b.node]
         if b.op != "Conv" or _groups(node_b) != 1:
             continue
         x = node_b.input[0]
-        if len(cons.get(x, [])) != 1:
+        if not single_reader(x):
             continue
         src = prod.get(x)
-        if src is not None and src.op_type == "Relu" and len(cons.get(src.input[0], [])) == 1:
+        if src is not None and src.op_type == "Relu" and single_reader(src.input[0]):
             x = src.input[0]
         a = by_output.get(x)
-        if a is not None and a is not b and _only_reader(proto, a, x, cons):
+        if a is None or a is b:
+            continue
+        conv_out = nodes[a.node].output[0]
+        if a.folded_bn is None or single_reader(conv_out):  # A's conv output feeds only its BN
             out.append((a.module, b.module))
     return out
 
@@ -67,14 +74,6 @@ def _groups(node: onnx.NodeProto) -> int:
         if attr.name == "group":
             return int(attr.i)
     return 1
-
-
-def _only_reader(proto: onnx.ModelProto, a, x: str, cons) -> bool:
-    """A's conv output goes only to its folded BN (if any), whose output is ``x``."""
-    node_a = next(n for n in proto.graph.node if n.name == a.node)
-    if not a.folded_bn:
-        return node_a.output[0] == x
-    return len(cons.get(node_a.output[0], [])) == 1
 
 
 @torch.no_grad()
