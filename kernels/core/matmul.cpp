@@ -43,6 +43,14 @@ Scratch& scratch() {
 // One row against 2 * kNr columns starting at nb, weights read in place (GEMV fast path).
 void wide_block(const Kernels& kn, const WeightSpec& ws, const int8_t* a, const int32_t* corr,
                 float rs, int64_t nb, float* y, int64_t y_col) {
+  // The [G, N] scale table is read 8 columns (32 bytes) per group row, a row of N floats apart:
+  // a stride the hardware prefetcher does not follow. Fetch the lines of the block after next
+  // (one 64-byte line serves two blocks) into L2 while this one runs.
+  if (ws.gm.groups > 1 && (nb / (2 * kNr)) % 2 == 0 && nb + 4 * kNr < ws.n) {
+    const float* next = ws.scales + nb + 4 * kNr;
+    for (int64_t g = 0; g < ws.gm.groups; ++g)
+      __builtin_prefetch(next + g * ws.ld_scales, 0, 2);
+  }
   float yacc[2 * kNr];
   const BlockArgs ba{a, ws.kc * kChunk, ws.packed + nb * ws.ldw, ws.ldw, ws.kc, ws.gm, corr,
                      ws.gm.groups, nullptr, 0, ws.scales + nb, ws.ld_scales, nullptr, yacc, true};
