@@ -10,7 +10,7 @@ from zerop_deploy.config import QuantConfig
 from zerop_deploy.demo import onnx_bytes
 from zerop_deploy.load import convert_model
 from zerop_deploy.quant.equalize import channel_ranges, equalization_pairs, equalize
-from zerop_deploy.quant.modules import quant_layers
+from zerop_deploy.quant.modules import float_mode
 from zerop_deploy.quant.qat import _FeatureTaps
 from zerop_deploy.quant.student import build_student
 
@@ -50,13 +50,6 @@ def _student(proto):
     return teacher, student, plan
 
 
-def _float(student):
-    for lq in quant_layers(student).values():
-        lq.quant_weights = False
-        if lq.act is not None:
-            lq.act.enabled = False
-
-
 def test_pairs_are_single_reader_conv_chains(block):
     _, _, plan = _student(block)
     pairs = equalization_pairs(block, plan)
@@ -73,21 +66,21 @@ def test_equalization_keeps_the_function_and_balances_ranges(block):
     teacher, student, plan = _student(block)
     pairs = equalization_pairs(block, plan)
     x = [torch.randn(16, 3, 8, 8)]
-    _float(student)
-    before = student(x[0])
     b_names = [b for _, b in pairs]
-    r0 = channel_ranges(student, b_names, x)
-    scales = equalize(student, pairs, x)
-    after = student(x[0])
+    with float_mode(student):
+        before = student(x[0])
+        r0 = channel_ranges(student, b_names, x)
+        equalize(student, pairs, x)
+        after = student(x[0])
     torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(after, teacher(x[0]), rtol=1e-4, atol=1e-4)
     r1 = channel_ranges(student, b_names, x)
-    dw_b = pairs[[a for a, _ in pairs].index(next(a for a, _ in pairs if "dw" in a))][1]
+    dw_b = next(b for a, b in pairs if "dw" in a)
     spread = (r0[dw_b].max() / r0[dw_b].min()).item(), (r1[dw_b].max() / r1[dw_b].min()).item()
     assert spread[1] < spread[0] / 10, spread  # the 1000x spread of the depthwise output shrinks
     a_names = {a for a, _ in pairs}
     for a, b in pairs:  # B's input range and B's input-channel weight range now agree
-        assert scales[a].shape == (8,)
+        assert student.get_submodule(a).channel_divisor.shape == (8,)
         if b in a_names:  # B's rows were rescaled afterwards as the A of the next pair
             continue
         w = student.get_submodule(b).weight.detach().abs().amax(dim=(0, 2, 3))

@@ -13,7 +13,7 @@ from zerop_deploy.quant.calibrate import (
     mse_weight_scales,
 )
 from zerop_deploy.quant.graph import conv_bn_pairs, nonnegative_values
-from zerop_deploy.quant.modules import QuantConv, quant_layers
+from zerop_deploy.quant.modules import QuantConv, float_mode, quant_layers
 from zerop_deploy.quant.primitives import fake_quantize
 from zerop_deploy.quant.student import build_student, fold_bn_into_conv, layer_quants
 
@@ -24,19 +24,11 @@ def _student(proto, **kw):
     return teacher, student, plan
 
 
-def _disable(student):
-    for layer in quant_layers(student).values():
-        layer.quant_weights = False
-        if layer.act is not None:
-            layer.act.enabled = False
-
-
 def test_folded_float_student_equals_teacher(cnn_bn):
     teacher, student, plan = _student(cnn_bn)
     assert [p.folded_bn is not None for p in plan] == [True, True, False]
-    _disable(student)
     x = torch.rand(4, 3, 16, 16)
-    with torch.no_grad():
+    with torch.no_grad(), float_mode(student):
         assert torch.allclose(student(x), teacher(x), atol=1e-5)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in student.modules())
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in teacher.modules())  # teacher untouched

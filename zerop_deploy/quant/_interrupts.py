@@ -44,11 +44,6 @@ class StepBoundary:
     def __exit__(self, *_exc: object) -> None:
         self._restore()
 
-    @property
-    def pending(self) -> bool:
-        """Whether a signal is waiting for :meth:`check`."""
-        return self._pending is not None
-
     def check(self) -> None:
         """Run the held signal's original handler now (it normally raises)."""
         if self._pending is not None:

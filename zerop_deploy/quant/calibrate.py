@@ -16,7 +16,7 @@ from collections.abc import Iterable
 
 import torch
 
-from zerop_deploy.quant.modules import ActQuantizer, QuantLayer, quant_layers
+from zerop_deploy.quant.modules import ActQuantizer, QuantLayer, float_mode, quant_layers
 from zerop_deploy.quant.primitives import fake_quantize
 
 _RATIOS = torch.linspace(0.3, 1.0, 36)
@@ -101,19 +101,15 @@ def calibrate_activations(student: torch.nn.Module, batches: Iterable[torch.Tens
         The number of images seen.
     """
     quantizers = _act_quantizers(student)
-    layers = list(quant_layers(student).values())
     for q in quantizers:
-        q.observed, q.enabled = [], False
-    for layer in layers:
-        layer.quant_weights = False
+        q.observed = []
     seen = 0
     try:
-        for x in batches:
-            student(x)
-            seen += len(x)
+        with float_mode(student):
+            for x in batches:
+                student(x)
+                seen += len(x)
     finally:
-        for layer in layers:
-            layer.quant_weights = True
         for q in quantizers:
             values = torch.cat(q.observed) if q.observed else torch.zeros(1)
             q.observed, q.enabled = None, True

@@ -23,7 +23,7 @@ import onnx
 import torch
 
 from zerop_deploy.quant.graph import consumers, producers
-from zerop_deploy.quant.modules import QuantConv
+from zerop_deploy.quant.modules import QuantConv, float_mode
 
 _S_RANGE = (1e-3, 1e3)  # guards against dead channels and empty weights
 
@@ -81,9 +81,6 @@ def channel_ranges(
     student: torch.nn.Module, modules: list[str], batches: Iterable[torch.Tensor]
 ) -> dict[str, torch.Tensor]:
     """Per-channel ``max |x|`` of the inputs of ``modules`` in the float student on ``batches``."""
-    from zerop_deploy.quant.modules import quant_layers
-
-    layers = list(quant_layers(student).values())
     ranges: dict[str, torch.Tensor] = {}
     hooks = []
     for name in modules:
@@ -93,29 +90,21 @@ def channel_ranges(
             ranges[name] = r if name not in ranges else torch.maximum(ranges[name], r)
 
         hooks.append(student.get_submodule(name).register_forward_pre_hook(hook))
-    states = [(lq, lq.quant_weights, lq.act.enabled if lq.act else None) for lq in layers]
     try:
-        for lq in layers:
-            lq.quant_weights = False
-            if lq.act is not None:
-                lq.act.enabled = False
-        for x in batches:
-            student(x)
+        with float_mode(student):
+            for x in batches:
+                student(x)
     finally:
         for h in hooks:
             h.remove()
-        for lq, qw, enabled in states:
-            lq.quant_weights = qw
-            if lq.act is not None:
-                lq.act.enabled = enabled
     return ranges
 
 
 @torch.no_grad()
 def equalize(
     student: torch.nn.Module, pairs: list[tuple[str, str]], batches: list[torch.Tensor]
-) -> dict[str, torch.Tensor]:
-    """Rescale every pair in place; returns A's channel scales ``s`` by A's module name.
+) -> None:
+    """Rescale every pair in place; A keeps its channel scales ``s`` as ``channel_divisor``.
 
     One pass measures all ranges: equalizing a pair changes no activation but its own (a layer can
     be B of one pair and A of the next).
@@ -128,7 +117,6 @@ def equalize(
         and student.get_submodule(a).weight.shape[0] == student.get_submodule(b).weight.shape[1]
     ]
     ranges = channel_ranges(student, [b for _, b in pairs], batches)
-    scales: dict[str, torch.Tensor] = {}
     for a_name, b_name in pairs:
         a, b = student.get_submodule(a_name), student.get_submodule(b_name)
         r = ranges[b_name].double()
@@ -142,8 +130,6 @@ def equalize(
         if a.bias is not None:
             a.bias.div_(s.to(a.bias.dtype))
         b.weight.mul_(s.to(b.weight.dtype).view(shape_b))
-        scales[a_name] = s.float()
         # kept on A (and in checkpoints): layer-output matching and the report's per-layer SQNR
         # divide the teacher's output by it
         a.register_buffer("channel_divisor", s.float())
-    return scales

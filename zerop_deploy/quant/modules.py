@@ -9,6 +9,9 @@ rounding.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -301,3 +304,21 @@ class QuantMatMul(QuantLayer):
 def quant_layers(module: nn.Module) -> dict[str, QuantLayer]:
     """All quantized layers of a student, by submodule name."""
     return {n: m for n, m in module.named_modules() if isinstance(m, QuantLayer)}
+
+
+@contextlib.contextmanager
+def float_mode(student: nn.Module) -> Iterator[None]:
+    """Run ``student`` with weight and activation quantization off; restores the previous state."""
+    layers = list(quant_layers(student).values())
+    states = [(lq, lq.quant_weights, lq.act.enabled if lq.act else None) for lq in layers]
+    for lq in layers:
+        lq.quant_weights = False
+        if lq.act is not None:
+            lq.act.enabled = False
+    try:
+        yield
+    finally:
+        for lq, weights, enabled in states:
+            lq.quant_weights = weights
+            if lq.act is not None:
+                lq.act.enabled = enabled
