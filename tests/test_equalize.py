@@ -132,3 +132,44 @@ def test_a_value_that_is_also_a_graph_output_is_not_rescaled(block):
     exposed.graph.output.append(onnx.helper.make_tensor_value_info(bn_out, 1, None))
     assert dw_pair not in equalization_pairs(exposed, plan)
     assert len(equalization_pairs(exposed, plan)) == 1
+
+
+@pytest.mark.parametrize("also_equalize", [False, True])
+def test_learned_divisors_train_and_fold_into_an_equal_quantized_model(block, also_equalize):
+    from zerop_deploy.batches import batch_fn
+    from zerop_deploy.config import TrainConfig
+    from zerop_deploy.quant.calibrate import calibrate_activations, init_weight_scales
+    from zerop_deploy.quant.equalize import fold_input_divisors, learnable_equalization
+    from zerop_deploy.quant.qat import train
+
+    torch.manual_seed(0)
+    teacher, student, plan = _student(block)
+    pairs = equalization_pairs(block, plan)
+    x = torch.randn(16, 3, 8, 8)
+    if also_equalize:
+        equalize(student, pairs, [x])
+    with float_mode(student):
+        before = student(x)
+    pairs = learnable_equalization(student, pairs)
+    assert len(pairs) == 2
+    with float_mode(student):  # divisors start at 1: the float function is unchanged
+        torch.testing.assert_close(student(x), before)
+    init_weight_scales(student)
+    calibrate_activations(student, [x])
+    cfg = TrainConfig(steps=20, batch_size=8, divisor_lr=0.05, checkpoint_every_s=1e9)
+    train(teacher, student, batch_fn(torch.rand(32, 3, 8, 8), 8, seed=0), cfg,
+          device=torch.device("cpu"), progress=False)  # fmt: skip
+    learned = {b: student.get_submodule(b).log_input_divisor.detach().clone() for _, b in pairs}
+    assert all(v.abs().max() > 1e-3 for v in learned.values())  # the divisors moved
+    with torch.no_grad():
+        quantized = student(x)
+    fold_input_divisors(student, pairs)
+    assert all(student.get_submodule(b).log_input_divisor is None for _, b in pairs)
+    with torch.no_grad():
+        torch.testing.assert_close(student(x), quantized, rtol=1e-4, atol=1e-4)
+    for a, b in pairs:  # A remembers the scale its output now has, for the SQNR report
+        divisor = student.get_submodule(a).channel_divisor
+        expected = learned[b].exp()
+        if not also_equalize:
+            torch.testing.assert_close(divisor, expected)
+        assert divisor.shape == expected.shape

@@ -211,10 +211,14 @@ def _fine_tune(
     mix = torch.cat([proxy.train[: train.calib_images - n_sd], proxy.synthetic[:n_sd]])
     calib = normalize(mix, data.mean, data.std)
     calib_batches = [calib[i : i + 64] for i in range(0, len(calib), 64)]
-    if quant.equalize:
-        from zerop_deploy.quant.equalize import equalization_pairs, equalize
+    from zerop_deploy.quant import equalize as eq
 
-        equalize(student, equalization_pairs(proto, plan), calib_batches)
+    equalizing = quant.equalize or quant.learned_equalization
+    pairs = eq.equalization_pairs(proto, plan) if equalizing else []
+    if quant.equalize:
+        eq.equalize(student, pairs, calib_batches)
+    if quant.learned_equalization:  # before the step sizes: they are set on the scaled weights
+        pairs = eq.learnable_equalization(student, pairs)
     init_weight_scales(student)
     calibrate_activations(student, calib_batches)
     batches = batch_fn(
@@ -241,6 +245,8 @@ def _fine_tune(
         progress=progress,
         feature_pairs=_feature_pairs(proto, plan),
     )
+    if quant.learned_equalization:
+        eq.fold_input_divisors(student, pairs)
     return student.cpu().eval(), plan, result
 
 

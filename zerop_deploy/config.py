@@ -50,6 +50,8 @@ class QuantConfig:
             point chosen by calibration, instead of a range symmetric around 0.
         equalize: Cross-layer equalization of the activations between a Conv and the Conv it
             alone feeds (:mod:`zerop_deploy.quant.equalize`).
+        learned_equalization: Learn those per-channel scales during fine-tuning instead (on top
+            of ``equalize``'s when both are on), folded into the weights before export.
     """
 
     wbits: int = 4
@@ -59,6 +61,7 @@ class QuantConfig:
     fold_bn: bool = True
     asymmetric_activations: bool = False
     equalize: bool = False
+    learned_equalization: bool = False
 
     def __post_init__(self) -> None:
         _check_bits("wbits", self.wbits)
@@ -143,6 +146,8 @@ class TrainConfig:
             (``mix_mode``), making new inputs for the teacher to label; 0: off.
         mix_mode: ``"mixup"`` (pixel-wise convex blend, weight uniform in [0, 1]) or
             ``"cutmix"`` (a random rectangle pasted from the other image).
+        divisor_lr: Learning rate of the log channel divisors of learned equalization
+            (``QuantConfig.learned_equalization``).
     """
 
     steps: int = 500
@@ -158,12 +163,15 @@ class TrainConfig:
     augment: bool = True
     feature_weight: float = 1.0
     qdrop: float = 0.0
+    divisor_lr: float = 5e-3
     mix: float = 0.0
     mix_mode: str = "mixup"
 
     def __post_init__(self) -> None:
         if not self.feature_weight >= 0:  # NaN too
             raise ConfigError(f"--feature-weight {self.feature_weight}: must be >= 0")
+        if not 0 < self.divisor_lr < 1:
+            raise ConfigError(f"divisor learning rate {self.divisor_lr}: must be in (0, 1)")
         if not 0 <= self.qdrop < 1:
             raise ConfigError(f"--qdrop {self.qdrop}: must be in [0, 1)")
         if not 0 <= self.mix <= 1:

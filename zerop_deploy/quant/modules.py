@@ -166,6 +166,19 @@ class QuantLayer(nn.Module):
         self.weight_scale = nn.Parameter(torch.ones(weight.shape[weight_axis]))
         self.act = act
         self.quant_weights = True
+        # learned cross-layer equalization: the input is divided per channel by exp(this) and the
+        # weight's input channels multiplied by it, until fold_input_divisor() moves it into
+        # the producing layer (see quant.equalize.learnable_equalization)
+        self.log_input_divisor: nn.Parameter | None = None
+
+    def _input_divisor(self, dim: int) -> torch.Tensor:
+        return self.log_input_divisor.exp().view(1, -1, *([1] * (dim - 2)))
+
+    def float_weight(self) -> torch.Tensor:
+        """The weight that is quantized: ``weight``, its input channels times a learned divisor."""
+        if self.log_input_divisor is None:
+            return self.weight
+        return self.weight * self._input_divisor(self.weight.dim())
 
     def step_sizes(self) -> torch.Tensor:
         """Per-channel weight step sizes as used and exported.
@@ -180,10 +193,10 @@ class QuantLayer(nn.Module):
     def quantized_weight(self) -> torch.Tensor:
         """The fake-quantized weight (LSQ gradient to the step sizes)."""
         if not self.quant_weights:
-            return self.weight
+            return self.float_weight()
         per_channel = self.weight.numel() // self.weight.shape[self.weight_axis]
         return lsq_fake_quantize(
-            self.weight,
+            self.float_weight(),
             self.step_sizes(),
             self.wmin,
             self.wmax,
@@ -194,7 +207,7 @@ class QuantLayer(nn.Module):
     def integer_weight(self) -> torch.Tensor:
         """Integer weight values as exported (float tensor holding integers)."""
         return quantize(
-            self.weight.detach(),
+            self.float_weight().detach(),
             self.step_sizes().detach(),
             qmin=self.wmin,
             qmax=self.wmax,
@@ -221,7 +234,9 @@ class QuantLayer(nn.Module):
         return fake_quantize(self.bias, s, qmin=-(2**31) + 1, qmax=2**31 - 1, axis=0)
 
     def quant_input(self, x: torch.Tensor) -> torch.Tensor:
-        """Apply the input quantizer, if any."""
+        """Divide by the learned per-channel divisor, if any, then apply the input quantizer."""
+        if self.log_input_divisor is not None:
+            x = x / self._input_divisor(x.dim())
         return x if self.act is None else self.act(x)
 
 
