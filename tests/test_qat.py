@@ -70,53 +70,15 @@ def test_checkpoint_roundtrip_and_fingerprint_check(tmp_path):
         load_checkpoint(path, "abc")
 
 
-def _run(proto, tmp_path, batches, *, resume=False, qdrop=0.0):
+def _run(proto, tmp_path, batches, *, resume=False):
     torch.manual_seed(0)  # _setup calibrates on random images
     teacher, student, _ = _setup(proto)
-    cfg = TrainConfig(steps=6, batch_size=4, checkpoint_every_s=1e9, qdrop=qdrop)
+    cfg = TrainConfig(steps=6, batch_size=4, checkpoint_every_s=1e9)
     tmp_path.mkdir(exist_ok=True)
     ckpt = tmp_path / "run.ckpt"
     train(teacher, student, batches, cfg, device=torch.device("cpu"), checkpoint=ckpt,
           resume=resume, progress=False)  # fmt: skip
     return student.state_dict(), ckpt
-
-
-def test_qdrop_trains_differently_resumes_exactly_and_exports_fully_quantized(cnn_bn, tmp_path):
-    images = torch.rand(24, 3, 16, 16)
-    plain, _ = _run(cnn_bn, tmp_path / "plain", batch_fn(images, 4, seed=0))
-    dropped, _ = _run(cnn_bn, tmp_path / "qdrop", batch_fn(images, 4, seed=0), qdrop=0.5)
-    again, _ = _run(cnn_bn, tmp_path / "again", batch_fn(images, 4, seed=0), qdrop=0.5)
-    assert any(not torch.equal(plain[k], dropped[k]) for k in plain)
-    assert all(torch.equal(dropped[k], again[k]) for k in dropped)  # masks follow (seed, step)
-
-    def stop_after_3(step):
-        if step == 3:
-            os.kill(os.getpid(), signal.SIGINT)  # held until step 3 is done
-        return batch_fn(images, 4, seed=0)(step)
-
-    with pytest.raises(KeyboardInterrupt):
-        _run(cnn_bn, tmp_path / "int", stop_after_3, qdrop=0.5)
-    assert load_checkpoint(tmp_path / "int" / "run.ckpt", "")["step"] == 4
-    resumed, _ = _run(cnn_bn, tmp_path / "int", batch_fn(images, 4, seed=0), resume=True, qdrop=0.5)
-    assert all(torch.equal(dropped[k], resumed[k]) for k in dropped)
-
-
-def test_activation_drop_mixes_float_and_quantized_values_only_inside(cnn_bn):
-    from zerop_deploy.quant.modules import ActQuantizer, activation_drop
-
-    _, student, _ = _setup(cnn_bn)
-    act = next(m for m in student.modules() if isinstance(m, ActQuantizer))
-    x = torch.randn(4, 8, 16, 16)
-    quantized = act(x)
-    with activation_drop(student, 0.5):
-        mixed = act(x)
-    kept_float = (mixed == x) & (quantized != x)
-    assert 0.3 < kept_float.float().mean() / (quantized != x).float().mean() < 0.7
-    assert torch.equal(torch.where(kept_float, quantized, mixed), quantized)
-    assert torch.equal(act(x), quantized)  # off again outside
-    with pytest.raises(RuntimeError), activation_drop(student, 0.5):
-        raise RuntimeError
-    assert act.drop == 0.0
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])

@@ -230,8 +230,6 @@ def _fine_tune(
         sd_ratio=proxy.synthetic_section["sd_ratio"],
         mean=data.mean,
         std=data.std,
-        mix=train.mix,
-        mix_mode=train.mix_mode,
     )
     result = run_training(
         teacher,

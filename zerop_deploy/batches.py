@@ -28,30 +28,6 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return out
 
 
-def blend(x: torch.Tensor, gen: torch.Generator, p: float, mode: str = "mixup") -> torch.Tensor:
-    """Blend each image, with chance ``p``, with another image of the batch.
-
-    ``mixup``: ``lam * a + (1 - lam) * b`` with ``lam`` uniform in [0, 1]; ``cutmix``: a rectangle
-    of ``b`` (area fraction uniform in [0, 1], centre uniform, clipped at the border) pasted into
-    ``a``. The teacher labels whatever comes out, so no label mixing is needed.
-    """
-    n, _, h, w = x.shape
-    partner = x[torch.randperm(n, generator=gen)]
-    chosen = (torch.rand(n, generator=gen) < p).view(n, 1, 1, 1)
-    if mode == "mixup":
-        lam = torch.rand(n, generator=gen).view(n, 1, 1, 1)
-        mixed = lam * x + (1 - lam) * partner
-    else:
-        side = torch.rand(n, generator=gen).sqrt()
-        cy, cx = torch.rand(n, generator=gen) * h, torch.rand(n, generator=gen) * w
-        ys, xs = torch.arange(h).view(1, h, 1), torch.arange(w).view(1, 1, w)
-        inside = ((ys - cy.view(n, 1, 1)).abs() < side.view(n, 1, 1) * h / 2) & (
-            (xs - cx.view(n, 1, 1)).abs() < side.view(n, 1, 1) * w / 2
-        )
-        mixed = torch.where(inside.unsqueeze(1), partner, x)
-    return torch.where(chosen, mixed, x)
-
-
 def batch_fn(
     images: torch.Tensor,
     batch_size: int,
@@ -62,16 +38,13 @@ def batch_fn(
     sd_ratio: float = 0.0,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
-    mix: float = 0.0,
-    mix_mode: str = "mixup",
 ):
     """Make a deterministic ``batch(step) -> float32 tensor`` over ``images`` (and ``synthetic``).
 
     The batch of step ``s`` depends only on ``(seed, s)``, so resumed runs see the same data. Each
     part is gathered and turned into float by :func:`normalize` (uint8 -> [0, 1]; float is kept as
     is), augmented, then ``mean``/``std`` are applied to the whole batch, so real and synthetic
-    images must be in the same unnormalised space. With ``mix`` > 0 the augmented images are then
-    blended pairwise (:func:`blend`).
+    images must be in the same unnormalised space.
     """
     n_sd = round(batch_size * sd_ratio) if synthetic is not None and len(synthetic) else 0
     n_pd = batch_size - n_sd
@@ -86,7 +59,6 @@ def batch_fn(
             parts.append(normalize(synthetic[pick]))
         x = torch.cat(parts)
         x = augment(x, gen) if augment_images else x
-        x = blend(x, gen, mix, mix_mode) if mix > 0 else x
         return x if mean is None and std is None else normalize(x, mean, std)
 
     return batch

@@ -140,12 +140,6 @@ class TrainConfig:
         augment: Random crops and flips of the training images.
         feature_weight: Weight of the feature-matching term (normalised MSE between the outputs
             of every quantized layer and the teacher's, after BatchNorm); 0 disables it.
-        qdrop: QDrop probability: during fine-tuning each activation element skips its
-            quantization with this chance (0: off; the exported model always quantizes).
-        mix: Chance that a training image is blended with another image of the batch
-            (``mix_mode``), making new inputs for the teacher to label; 0: off.
-        mix_mode: ``"mixup"`` (pixel-wise convex blend, weight uniform in [0, 1]) or
-            ``"cutmix"`` (a random rectangle pasted from the other image).
         divisor_lr: Learning rate of the log channel divisors of learned equalization
             (``QuantConfig.learned_equalization``).
     """
@@ -162,22 +156,13 @@ class TrainConfig:
     checkpoint_every_s: float = 120.0
     augment: bool = True
     feature_weight: float = 1.0
-    qdrop: float = 0.0
     divisor_lr: float = 5e-3
-    mix: float = 0.0
-    mix_mode: str = "mixup"
 
     def __post_init__(self) -> None:
         if not self.feature_weight >= 0:  # NaN too
             raise ConfigError(f"--feature-weight {self.feature_weight}: must be >= 0")
         if not 0 < self.divisor_lr < 1:
             raise ConfigError(f"divisor learning rate {self.divisor_lr}: must be in (0, 1)")
-        if not 0 <= self.qdrop < 1:
-            raise ConfigError(f"--qdrop {self.qdrop}: must be in [0, 1)")
-        if not 0 <= self.mix <= 1:
-            raise ConfigError(f"--mix {self.mix}: must be in [0, 1]")
-        if self.mix_mode not in ("mixup", "cutmix"):
-            raise ConfigError(f"--mix-mode {self.mix_mode}: use mixup or cutmix")
         _check_seed(self.seed)
         if not 1 <= self.steps <= 10_000_000:
             raise ConfigError(f"--steps {self.steps}: must be between 1 and 10,000,000")

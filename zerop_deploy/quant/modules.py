@@ -103,25 +103,17 @@ class ActQuantizer(nn.Module):
         self.scale = nn.Parameter(torch.tensor(1.0))
         self.register_buffer("zero_point", torch.tensor(0.0))
         self.enabled = True
-        self.drop = 0.0  # QDrop probability, set by the training loop only while it trains
         self.observed: list[torch.Tensor] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Record ``x`` while calibrating; fake-quantize it when enabled.
-
-        With ``drop`` > 0 (training only), each element keeps its float value with that
-        probability (QDrop), drawn from torch's global generator.
-        """
+        """Record ``x`` while calibrating; fake-quantize it when enabled."""
         if self.observed is not None:
             self.observed.append(_sample_values(x))
         if not self.enabled:
             return x
         g = lsq_grad_scale(x[0].numel() if x.dim() > 0 and len(x) else 1, self.qmax)
         zp = self.zero_point if self.asymmetric else None
-        q = lsq_fake_quantize(x, self.scale.abs() + 1e-12, self.qmin, self.qmax, None, g, zp)
-        if self.drop > 0:
-            q = torch.where(torch.rand_like(x) < self.drop, x, q)
-        return q
+        return lsq_fake_quantize(x, self.scale.abs() + 1e-12, self.qmin, self.qmax, None, g, zp)
 
     def extra_repr(self) -> str:  # noqa: D102 - torch's repr hook
         return f"bits={self.bits}, signed={self.signed}, asymmetric={self.asymmetric}"
@@ -327,22 +319,6 @@ class QuantMatMul(QuantLayer):
 def quant_layers(module: nn.Module) -> dict[str, QuantLayer]:
     """All quantized layers of a student, by submodule name."""
     return {n: m for n, m in module.named_modules() if isinstance(m, QuantLayer)}
-
-
-@contextlib.contextmanager
-def activation_drop(student: nn.Module, p: float) -> Iterator[None]:
-    """QDrop: inside, each activation element keeps its float value with chance ``p``.
-
-    Restores ``p = 0`` (plain quantization, as exported) on the way out.
-    """
-    acts = [m for m in student.modules() if isinstance(m, ActQuantizer)]
-    for a in acts:
-        a.drop = p
-    try:
-        yield
-    finally:
-        for a in acts:
-            a.drop = 0.0
 
 
 @contextlib.contextmanager

@@ -31,7 +31,7 @@ from torch import nn
 from zerop_deploy.config import TrainConfig
 from zerop_deploy.errors import InputError
 from zerop_deploy.quant._interrupts import StepBoundary
-from zerop_deploy.quant.modules import ActQuantizer, QuantLayer, activation_drop
+from zerop_deploy.quant.modules import ActQuantizer, QuantLayer
 
 BatchFn = Callable[[int], torch.Tensor]
 """``batch(step) -> images``: the training images of one step, deterministic in ``step``."""
@@ -222,20 +222,19 @@ def train(
 
     taps = _FeatureTaps(teacher, student, feature_pairs or [] if cfg.feature_weight > 0 else [])
     try:
-        with activation_drop(student, cfg.qdrop):
-            return _loop(
-                teacher,
-                model,
-                batch,
-                cfg,
-                opt,
-                device,
-                start_step,
-                elapsed0,
-                snapshot,
-                progress and rank == 0,
-                taps,
-            )
+        return _loop(
+            teacher,
+            model,
+            batch,
+            cfg,
+            opt,
+            device,
+            start_step,
+            elapsed0,
+            snapshot,
+            progress and rank == 0,
+            taps,
+        )
     finally:
         taps.remove()
 
@@ -338,8 +337,6 @@ def _loop(teacher, student, batch, cfg, opt, device, step, elapsed0, snapshot, p
                 for g in opt.param_groups:
                     g["lr"] = g["base_lr"] * _lr_factor(step, cfg.steps, elapsed, cfg.time_budget_s)
                 consistent = False
-                if cfg.qdrop > 0:  # QDrop's masks depend only on (seed, step), like the batches
-                    torch.manual_seed(cfg.seed * 1_000_003 + step)
                 n, loss_val = _step(teacher, student, batch(step).to(device), cfg, opt, taps)
                 step, images, consistent = step + 1, images + n, True
                 bar.update(1)
