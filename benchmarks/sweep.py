@@ -4,8 +4,8 @@ For the accuracy log of BENCHMARKS.md: settings that have no command-line flag (
 tried through the library API with the same code path as ``zerop-deploy quantize``. A spec is a
 JSON list of runs::
 
-    [{"name": "sf_let", "model": "shufflenetv2_x0_5_cifar10.onnx", "train": {"seed": 1},
-      "quant": {"bits": 4, "learned_equalization": true}, "data": {"synthetic": "SD.npz"}}]
+    [{"name": "sf_eq", "model": "shufflenetv2_x0_5_cifar10.onnx", "train": {"seed": 1},
+      "quant": {"bits": 4, "equalize": true}, "data": {"synthetic": "SD.npz"}}]
 
 ``model`` and relative data paths are looked up under ``--models`` / ``--data``; ``quant.bits``
 sets weights and activations (first/last layer stay at 8 bits unless ``first_last_bits`` says

@@ -211,14 +211,10 @@ def _fine_tune(
     mix = torch.cat([proxy.train[: train.calib_images - n_sd], proxy.synthetic[:n_sd]])
     calib = normalize(mix, data.mean, data.std)
     calib_batches = [calib[i : i + 64] for i in range(0, len(calib), 64)]
-    from zerop_deploy.quant import equalize as eq
-
-    equalizing = quant.equalize or quant.learned_equalization
-    pairs = eq.equalization_pairs(proto, plan) if equalizing else []
     if quant.equalize:
-        eq.equalize(student, pairs, calib_batches)
-    if quant.learned_equalization:  # before the step sizes: they are set on the scaled weights
-        pairs = eq.learnable_equalization(student, pairs)
+        from zerop_deploy.quant.equalize import equalization_pairs, equalize
+
+        equalize(student, equalization_pairs(proto, plan), calib_batches)
     init_weight_scales(student)
     calibrate_activations(student, calib_batches)
     batches = batch_fn(
@@ -243,8 +239,6 @@ def _fine_tune(
         progress=progress,
         feature_pairs=_feature_pairs(proto, plan),
     )
-    if quant.learned_equalization:
-        eq.fold_input_divisors(student, pairs)
     return student.cpu().eval(), plan, result
 
 

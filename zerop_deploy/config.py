@@ -50,8 +50,6 @@ class QuantConfig:
             point chosen by calibration, instead of a range symmetric around 0.
         equalize: Cross-layer equalization of the activations between a Conv and the Conv it
             alone feeds (:mod:`zerop_deploy.quant.equalize`).
-        learned_equalization: Learn those per-channel scales during fine-tuning instead (on top
-            of ``equalize``'s when both are on), folded into the weights before export.
     """
 
     wbits: int = 4
@@ -61,7 +59,6 @@ class QuantConfig:
     fold_bn: bool = True
     asymmetric_activations: bool = False
     equalize: bool = False
-    learned_equalization: bool = False
 
     def __post_init__(self) -> None:
         _check_bits("wbits", self.wbits)
@@ -140,8 +137,6 @@ class TrainConfig:
         augment: Random crops and flips of the training images.
         feature_weight: Weight of the feature-matching term (normalised MSE between the outputs
             of every quantized layer and the teacher's, after BatchNorm); 0 disables it.
-        divisor_lr: Learning rate of the log channel divisors of learned equalization
-            (``QuantConfig.learned_equalization``).
     """
 
     steps: int = 500
@@ -156,13 +151,10 @@ class TrainConfig:
     checkpoint_every_s: float = 120.0
     augment: bool = True
     feature_weight: float = 1.0
-    divisor_lr: float = 5e-3
 
     def __post_init__(self) -> None:
         if not self.feature_weight >= 0:  # NaN too
             raise ConfigError(f"--feature-weight {self.feature_weight}: must be >= 0")
-        if not 0 < self.divisor_lr < 1:
-            raise ConfigError(f"divisor learning rate {self.divisor_lr}: must be in (0, 1)")
         _check_seed(self.seed)
         if not 1 <= self.steps <= 10_000_000:
             raise ConfigError(f"--steps {self.steps}: must be between 1 and 10,000,000")

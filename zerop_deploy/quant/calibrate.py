@@ -85,7 +85,7 @@ def init_weight_scales(student: torch.nn.Module) -> None:
     for layer in quant_layers(student).values():
         with torch.no_grad():
             layer.weight_scale.copy_(
-                mse_weight_scales(layer.float_weight(), layer.weight_axis, layer.wmin, layer.wmax)
+                mse_weight_scales(layer.weight, layer.weight_axis, layer.wmin, layer.wmax)
             )
 
 

@@ -100,58 +100,6 @@ def channel_ranges(
     return ranges
 
 
-def _usable(student: torch.nn.Module, pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """The pairs whose two layers are quantized Convs with matching channel counts."""
-    return [
-        (a, b)
-        for a, b in pairs
-        if isinstance(student.get_submodule(a), QuantConv)
-        and isinstance(student.get_submodule(b), QuantConv)
-        and student.get_submodule(a).weight.shape[0] == student.get_submodule(b).weight.shape[1]
-    ]
-
-
-def learnable_equalization(
-    student: torch.nn.Module, pairs: list[tuple[str, str]]
-) -> list[tuple[str, str]]:
-    """Give B of every usable pair a trainable per-channel divisor (log-scale, starting at 1).
-
-    While training, B divides its input by the divisor before quantizing it and multiplies its
-    weight's input channels by it, so the float function is unchanged and the gradient of the
-    quantized one trades activation against weight precision channel by channel (the learnable
-    equivalent transformation of OmniQuant, applied to a Conv pair). :func:`fold_input_divisors`
-    then moves the divisor into A. Returns the pairs that got one.
-    """
-    pairs = _usable(student, pairs)
-    for _, b_name in pairs:
-        b = student.get_submodule(b_name)
-        b.log_input_divisor = torch.nn.Parameter(torch.zeros(b.weight.shape[1]))
-    return pairs
-
-
-@torch.no_grad()
-def fold_input_divisors(student: torch.nn.Module, pairs: list[tuple[str, str]]) -> None:
-    """Move each learned divisor into the weights of its pair, ready for export.
-
-    A's output channels (weights, step sizes and bias) are divided by it and B's weight input
-    channels multiplied by it; the quantized model computes the same values (up to float rounding)
-    and exports like any other.
-    """
-    for a_name, b_name in pairs:
-        a, b = student.get_submodule(a_name), student.get_submodule(b_name)
-        if b.log_input_divisor is None:
-            continue
-        d = b.log_input_divisor.detach().exp()
-        a.weight.div_(d.view(-1, *([1] * (a.weight.dim() - 1))))
-        a.weight_scale.div_(d)
-        if a.bias is not None:
-            a.bias.div_(d)
-        b.weight.copy_(b.float_weight())
-        b.log_input_divisor = None
-        previous = getattr(a, "channel_divisor", None)
-        a.register_buffer("channel_divisor", d if previous is None else previous * d)
-
-
 @torch.no_grad()
 def equalize(
     student: torch.nn.Module, pairs: list[tuple[str, str]], batches: list[torch.Tensor]
@@ -161,7 +109,13 @@ def equalize(
     One pass measures all ranges: equalizing a pair changes no activation but its own (a layer can
     be B of one pair and A of the next).
     """
-    pairs = _usable(student, pairs)
+    pairs = [
+        (a, b)
+        for a, b in pairs
+        if isinstance(student.get_submodule(a), QuantConv)
+        and isinstance(student.get_submodule(b), QuantConv)
+        and student.get_submodule(a).weight.shape[0] == student.get_submodule(b).weight.shape[1]
+    ]
     ranges = channel_ranges(student, [b for _, b in pairs], batches)
     for a_name, b_name in pairs:
         a, b = student.get_submodule(a_name), student.get_submodule(b_name)

@@ -158,19 +158,6 @@ class QuantLayer(nn.Module):
         self.weight_scale = nn.Parameter(torch.ones(weight.shape[weight_axis]))
         self.act = act
         self.quant_weights = True
-        # learned cross-layer equalization: the input is divided per channel by exp(this) and the
-        # weight's input channels multiplied by it, until fold_input_divisor() moves it into
-        # the producing layer (see quant.equalize.learnable_equalization)
-        self.log_input_divisor: nn.Parameter | None = None
-
-    def _input_divisor(self, dim: int) -> torch.Tensor:
-        return self.log_input_divisor.exp().view(1, -1, *([1] * (dim - 2)))
-
-    def float_weight(self) -> torch.Tensor:
-        """The weight that is quantized: ``weight``, its input channels times a learned divisor."""
-        if self.log_input_divisor is None:
-            return self.weight
-        return self.weight * self._input_divisor(self.weight.dim())
 
     def step_sizes(self) -> torch.Tensor:
         """Per-channel weight step sizes as used and exported.
@@ -185,10 +172,10 @@ class QuantLayer(nn.Module):
     def quantized_weight(self) -> torch.Tensor:
         """The fake-quantized weight (LSQ gradient to the step sizes)."""
         if not self.quant_weights:
-            return self.float_weight()
+            return self.weight
         per_channel = self.weight.numel() // self.weight.shape[self.weight_axis]
         return lsq_fake_quantize(
-            self.float_weight(),
+            self.weight,
             self.step_sizes(),
             self.wmin,
             self.wmax,
@@ -199,7 +186,7 @@ class QuantLayer(nn.Module):
     def integer_weight(self) -> torch.Tensor:
         """Integer weight values as exported (float tensor holding integers)."""
         return quantize(
-            self.float_weight().detach(),
+            self.weight.detach(),
             self.step_sizes().detach(),
             qmin=self.wmin,
             qmax=self.wmax,
@@ -226,9 +213,7 @@ class QuantLayer(nn.Module):
         return fake_quantize(self.bias, s, qmin=-(2**31) + 1, qmax=2**31 - 1, axis=0)
 
     def quant_input(self, x: torch.Tensor) -> torch.Tensor:
-        """Divide by the learned per-channel divisor, if any, then apply the input quantizer."""
-        if self.log_input_divisor is not None:
-            x = x / self._input_divisor(x.dim())
+        """Apply the input quantizer, if any."""
         return x if self.act is None else self.act(x)
 
 

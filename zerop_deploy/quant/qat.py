@@ -56,30 +56,24 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, t: float
 
 
 def param_groups(student: nn.Module, cfg: TrainConfig) -> list[dict]:
-    """Optimizer groups: weights/biases, then weight and activation step sizes.
-
-    Weights at ``lr``, step sizes at ``lr * scale_lr_factor``, learned equalization divisors (a
-    third group, only when there are any) at ``divisor_lr``.
-    """
-    scales, weights, divisors = [], [], []
+    """Weights/biases at ``lr``; weight and activation step sizes at ``lr * scale_lr_factor``."""
+    scales, weights = [], []
     for m in student.modules():
         if isinstance(m, QuantLayer):
             weights.append(m.weight)
             if m.bias is not None:
                 weights.append(m.bias)
             scales.append(m.weight_scale)
-            if m.log_input_divisor is not None:
-                divisors.append(m.log_input_divisor)
         elif isinstance(m, ActQuantizer):
             scales.append(m.scale)
-    scale_lr = cfg.lr * cfg.scale_lr_factor
-    groups = [
+    return [
         {"params": weights, "lr": cfg.lr, "base_lr": cfg.lr},
-        {"params": scales, "lr": scale_lr, "base_lr": scale_lr},
+        {
+            "params": scales,
+            "lr": cfg.lr * cfg.scale_lr_factor,
+            "base_lr": cfg.lr * cfg.scale_lr_factor,
+        },
     ]
-    if divisors:
-        groups.append({"params": divisors, "lr": cfg.divisor_lr, "base_lr": cfg.divisor_lr})
-    return groups
 
 
 def _trainable(student: nn.Module) -> None:
