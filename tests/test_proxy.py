@@ -63,3 +63,24 @@ def test_quantize_trains_on_streamed_images(tmp_path, cnn_bn):
     )
     assert doc["proxy"]["streamed"] is True and doc["training"]["steps"] == 3
     assert doc["validation"]["images"] == 4 and (tmp_path / "q.onnx").is_file()
+
+
+def test_auto_shows_a_bar_over_the_candidates_on_a_terminal(tmp_path, cnn_bn, monkeypatch):
+    import io
+    import sys
+
+    from zerop_deploy.load import convert_model
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    a, b = _folder(tmp_path), tmp_path / "b.npy"
+    np.save(b, np.random.default_rng(0).integers(0, 256, (20, 16, 16, 3), dtype=np.uint8))
+    cfg = DataConfig(proxy="auto", candidates=(str(a), str(b)), samples=8)
+    err = Terminal()
+    monkeypatch.setattr(sys, "stderr", err)
+    teacher = convert_model(cnn_bn).eval()
+    got = proxy_data(cfg, teacher, cnn_bn, (3, 16, 16), 0, Sources(cfg, 0), progress=True)
+    assert got.section["method"] == "bns" and len(got.section["ranking"]) == 2
+    assert "scoring candidates" in err.getvalue() and "2/2" in err.getvalue()

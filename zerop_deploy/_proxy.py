@@ -57,14 +57,18 @@ def proxy_data(
     seed: int,
     sources: Sources,
     say: Callable[[str], None] = lambda _m: None,
+    progress: bool = False,
 ) -> ProxyData:
     """Resolve ``data.proxy`` into images, ranking ``data.candidates`` first for ``"auto"``.
+
+    ``progress`` shows a bar over the candidates while they are scored (terminal only).
 
     At most ``data.proxy_images`` images are used (sampled at random, evenly over the sources);
     up to ``data.max_pool_bytes`` they are read once and held, beyond that they are streamed
     (:class:`StreamedImages`). ``data.holdout`` of them (at most 1,000) are kept back for
     validation.
     """
+    from zerop_deploy._progress import bar
     from zerop_deploy.data import load_pool
     from zerop_deploy.stats import rank_candidates
 
@@ -75,10 +79,11 @@ def proxy_data(
     if data.proxy == ("auto",):
         candidates = sources(*data.candidates)
         say(f"ranking {len(candidates)} proxy candidates on {data.samples} images each")
-        method, ranking = rank_candidates(
-            teacher, proto, candidates, chw, samples=data.samples, seed=seed,
-            mean=data.mean, std=data.std,
-        )  # fmt: skip
+        with bar(len(candidates), "scoring candidates", enabled=progress) as shown:
+            method, ranking = rank_candidates(
+                teacher, proto, candidates, chw, samples=data.samples, seed=seed,
+                mean=data.mean, std=data.std, on_done=lambda _row: shown.update(1),
+            )  # fmt: skip
         best = next(s for s in candidates if s.name == ranking[0]["candidate"])
         chosen, section = [best], {"method": method, "ranking": ranking}
     else:

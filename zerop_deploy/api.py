@@ -127,7 +127,7 @@ def quantize(
     loaded = load_model(src)
     proto, teacher = loaded.proto, loaded.module
     chw = image_input_chw(proto, str(src))
-    proxy = proxy_data(data, teacher, proto, chw, train.seed, sources, say)
+    proxy = proxy_data(data, teacher, proto, chw, train.seed, sources, say, progress)
     say(f"{len(proxy.train)} proxy images for training, {len(proxy.holdout)} held back")
     synth_cache = out.with_name(out.name + ".synth.npz")
     proxy.synthetic, proxy.synthetic_section = for_quantize(
