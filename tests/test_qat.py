@@ -6,7 +6,7 @@ import signal
 import pytest
 import torch
 
-from zerop_deploy.api import _feature_pairs
+from zerop_deploy._finetune import feature_pairs
 from zerop_deploy.batches import batch_fn
 from zerop_deploy.config import QuantConfig, TrainConfig
 from zerop_deploy.errors import InputError
@@ -38,7 +38,7 @@ def _setup(proto):
 
 def test_feature_matching_trains_and_leaves_no_hooks(cnn_bn):
     teacher, student, plan = _setup(cnn_bn)
-    pairs = _feature_pairs(cnn_bn, plan)
+    pairs = feature_pairs(cnn_bn, plan)
     assert [s for _, s in pairs] == [p.module for p in plan]
     assert pairs[0][0] != pairs[0][1]  # the first conv is matched against the teacher's BN
     before = [p.detach().clone() for p in student.parameters()]

@@ -10,6 +10,8 @@ import numpy as np
 import onnx
 import torch
 
+from zerop_deploy.config import DataConfig
+
 _PACKAGES = ("zerop-deploy", "torch", "onnx", "onnxruntime", "onnx2torch", "numpy")
 
 
@@ -148,3 +150,59 @@ def layer_sqnr(
         10 * float(np.log10(sg / max(nz, 1e-30))) if sg > 0 else 0.0
         for sg, nz in zip(signal, noise, strict=True)
     ]
+
+
+def header(src, out, quant, train, data, proxy, plan, device) -> dict[str, Any]:
+    """The report's fixed part: what was asked, what data was used, the layers, the versions."""
+    return {
+        "input": str(src),
+        "output": str(out),
+        "bits": {
+            "weights": quant.wbits,
+            "activations": quant.abits,
+            "first_last": quant.first_last_bits,
+        },
+        "device": str(device),
+        "seed": train.seed,
+        "proxy": proxy.section,
+        "synthetic": proxy.synthetic_section,
+        "layers": layers_section(plan),
+        "config": {"quant": quant.to_dict(), "train": train.to_dict(), "data": data.to_dict()},
+        "versions": versions(),
+    }
+
+
+def add_layer_sqnr(doc, teacher, student, proto, plan, proxy, data: DataConfig) -> None:
+    """Add ``output_sqnr_db`` to every quantized layer of the report (256 validation images)."""
+    from zerop_deploy._finetune import feature_pairs
+    from zerop_deploy.data import normalize
+
+    x = proxy.holdout
+    if len(x) == 0:
+        x = torch.cat([proxy.train[:256], proxy.synthetic[:256]])
+    values = iter(layer_sqnr(teacher, student, feature_pairs(proto, plan), normalize(
+        x[:256], data.mean, data.std)))  # fmt: skip
+    for entry, p in zip(doc["layers"], plan, strict=True):
+        if p.skipped is None:
+            entry["output_sqnr_db"] = round(next(values), 2)
+
+
+def validation(proto, qproto, student, proxy, data: DataConfig, chw, sources) -> dict[str, Any]:
+    """Validate on the --eval images (streamed), else on the held-back proxy images."""
+    from zerop_deploy.data import iter_batches, load_pool, normalize
+
+    if data.eval is not None:
+        (src,) = sources(data.eval)
+        chunks = (
+            (normalize(c.images, data.mean, data.std), c.labels)
+            for c in iter_batches(src, chw, batch=2048)
+        )
+        return validation_section(proto, qproto, student, chunks, "eval")
+    x, source = proxy.holdout, "proxy holdout"
+    if len(x) == 0 and len(proxy.train):
+        x = proxy.train[:256]
+    elif len(x) == 0:  # synthetic-only: natural images the student never saw, only to validate
+        x, source = load_pool(sources("builtin")[0], chw, limit=512).images, "builtin"
+    return validation_section(
+        proto, qproto, student, [(normalize(x, data.mean, data.std), None)], source
+    )

@@ -18,7 +18,8 @@ from typing import Any
 
 import torch
 
-from zerop_deploy._report import training_section
+from zerop_deploy._finetune import fine_tune
+from zerop_deploy._report import add_layer_sqnr, header, training_section, validation
 from zerop_deploy.config import DataConfig, QuantConfig, SynthConfig, TrainConfig
 from zerop_deploy.errors import ConfigError, InputError, QualityGateError
 from zerop_deploy.fileio import atomic_write_all, atomic_write_bytes, check_output_path
@@ -135,7 +136,7 @@ def quantize(
         resume=resume, say=say, progress=progress,
     )  # fmt: skip
     t_start = time.monotonic()
-    student, plan, result = _fine_tune(
+    student, plan, result = fine_tune(
         teacher,
         proto,
         proxy,
@@ -147,6 +148,7 @@ def quantize(
         fingerprint=_fingerprint(src, quant, train, data),
         resume=resume,
         progress=progress,
+        say=say,
     )
     from zerop_deploy.export import export_qdq, qdq_bytes
     from zerop_deploy.quant.qat import leave_process_group
@@ -161,11 +163,11 @@ def quantize(
     qproto = export_qdq(proto, layer_quants(student, plan, proto), int32_bias=True)
     files = [(out, qdq_bytes(qproto, out))]
     say("validating the exported model in onnxruntime")
-    doc = _report(src, out, quant, train, data, proxy, plan, device)
+    doc = header(src, out, quant, train, data, proxy, plan, device)
     doc["training"] = training_section(result, time.monotonic() - t_start)
     doc["training"]["processes"] = world
-    doc.update(_validation(proto, qproto, student, proxy, data, chw, sources))
-    _add_layer_sqnr(doc, teacher.cpu().eval(), student, proto, plan, proxy, data)
+    doc.update(validation(proto, qproto, student, proxy, data, chw, sources))
+    add_layer_sqnr(doc, teacher.cpu().eval(), student, proto, plan, proxy, data)
     if plot_layers is not None:
         from zerop_deploy.plots import layer_chart
 
@@ -191,128 +193,6 @@ def quantize(
         err.doc = doc  # type: ignore[attr-defined]
         raise err
     return doc
-
-
-def _fine_tune(
-    teacher, proto, proxy, data, quant, train, device, *, checkpoint, fingerprint, resume, progress
-):
-    from zerop_deploy.batches import batch_fn
-    from zerop_deploy.data import normalize
-    from zerop_deploy.quant.calibrate import calibrate_activations, init_weight_scales
-    from zerop_deploy.quant.qat import train as run_training
-    from zerop_deploy.quant.student import build_student
-
-    # calibration runs on the CPU; synthesis may have left the teacher on the GPU (train moves both)
-    student, plan = build_student(teacher.cpu(), proto, quant)
-    if all(p.skipped for p in plan):
-        raise InputError("the model has no layer to quantize (Conv, ConvTranspose, Gemm, MatMul)")
-    _say(progress, f"{sum(not p.skipped for p in plan)} layers to quantize; calibrating step sizes")
-    n_sd = round(train.calib_images * proxy.synthetic_section["sd_ratio"])
-    mix = torch.cat([proxy.train[: train.calib_images - n_sd], proxy.synthetic[:n_sd]])
-    calib = normalize(mix, data.mean, data.std)
-    calib_batches = [calib[i : i + 64] for i in range(0, len(calib), 64)]
-    if quant.equalize:
-        from zerop_deploy.quant.equalize import equalization_pairs, equalize
-
-        equalize(student, equalization_pairs(proto, plan), calib_batches)
-    init_weight_scales(student)
-    calibrate_activations(student, calib_batches)
-    batches = batch_fn(
-        proxy.train,
-        train.batch_size,
-        seed=train.seed,
-        augment_images=train.augment,
-        synthetic=proxy.synthetic,
-        sd_ratio=proxy.synthetic_section["sd_ratio"],
-        mean=data.mean,
-        std=data.std,
-    )
-    result = run_training(
-        teacher,
-        student,
-        batches,
-        train,
-        device=device,
-        checkpoint=checkpoint,
-        fingerprint=fingerprint,
-        resume=resume,
-        progress=progress,
-        feature_pairs=_feature_pairs(proto, plan),
-    )
-    return student.cpu().eval(), plan, result
-
-
-def _feature_pairs(proto, plan) -> list[tuple[str, str]]:
-    """Pair each quantized layer with the teacher module whose float output it reproduces.
-
-    That is the teacher's BatchNorm for a folded Conv, else the teacher's own layer.
-    """
-    from zerop_deploy.quant.graph import module_node_names
-
-    module_of = {node: module for module, node in module_node_names(proto).items()}
-    return [
-        (module_of[p.folded_bn] if p.folded_bn else p.module, p.module)
-        for p in plan
-        if p.skipped is None
-    ]
-
-
-def _report(src, out, quant, train, data, proxy, plan, device) -> dict[str, Any]:
-    from zerop_deploy._report import layers_section, versions
-
-    return {
-        "input": str(src),
-        "output": str(out),
-        "bits": {
-            "weights": quant.wbits,
-            "activations": quant.abits,
-            "first_last": quant.first_last_bits,
-        },
-        "device": str(device),
-        "seed": train.seed,
-        "proxy": proxy.section,
-        "synthetic": proxy.synthetic_section,
-        "layers": layers_section(plan),
-        "config": {"quant": quant.to_dict(), "train": train.to_dict(), "data": data.to_dict()},
-        "versions": versions(),
-    }
-
-
-def _add_layer_sqnr(doc, teacher, student, proto, plan, proxy, data: DataConfig) -> None:
-    """Add ``output_sqnr_db`` to every quantized layer of the report (256 validation images)."""
-    from zerop_deploy._report import layer_sqnr
-    from zerop_deploy.data import normalize
-
-    x = proxy.holdout
-    if len(x) == 0:
-        x = torch.cat([proxy.train[:256], proxy.synthetic[:256]])
-    values = iter(layer_sqnr(teacher, student, _feature_pairs(proto, plan), normalize(
-        x[:256], data.mean, data.std)))  # fmt: skip
-    for entry, p in zip(doc["layers"], plan, strict=True):
-        if p.skipped is None:
-            entry["output_sqnr_db"] = round(next(values), 2)
-
-
-def _validation(proto, qproto, student, proxy, data: DataConfig, chw, sources) -> dict[str, Any]:
-    """Validate on the --eval images (streamed), else on the held-back proxy images."""
-    from zerop_deploy._report import validation_section
-    from zerop_deploy.data import iter_batches, load_pool, normalize
-
-    if data.eval is not None:
-        (src,) = sources(data.eval)
-        chunks = (
-            (normalize(c.images, data.mean, data.std), c.labels)
-            for c in iter_batches(src, chw, batch=2048)
-        )
-        return validation_section(proto, qproto, student, chunks, "eval")
-    x, source = proxy.holdout, "proxy holdout"
-    if len(x) == 0 and len(proxy.train):
-        x = proxy.train[:256]
-    elif len(x) == 0:  # synthetic-only: natural images the student never saw, only to validate
-        x, source = load_pool(sources("builtin")[0], chw, limit=512).images, "builtin"
-    return validation_section(
-        proto, qproto, student, [(normalize(x, data.mean, data.std), None)], source
-    )
 
 
 def select_proxy(

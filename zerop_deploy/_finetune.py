@@ -1,0 +1,90 @@
+"""The fine-tuning stage of quantize: student, calibration, distillation, feature pairs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from zerop_deploy.errors import InputError
+
+
+def fine_tune(
+    teacher,
+    proto,
+    proxy,
+    data,
+    quant,
+    train,
+    device,
+    *,
+    checkpoint,
+    fingerprint,
+    resume,
+    progress,
+    say: Callable[[str], None] = lambda _m: None,
+):
+    """Build the student, equalize (if asked), calibrate its step sizes, distil into it.
+
+    Returns:
+        ``(student on the CPU in eval mode, layer plan, TrainResult)``.
+    """
+    from zerop_deploy.batches import batch_fn
+    from zerop_deploy.data import normalize
+    from zerop_deploy.quant.calibrate import calibrate_activations, init_weight_scales
+    from zerop_deploy.quant.qat import train as run_training
+    from zerop_deploy.quant.student import build_student
+
+    # calibration runs on the CPU; synthesis may have left the teacher on the GPU (train moves both)
+    student, plan = build_student(teacher.cpu(), proto, quant)
+    if all(p.skipped for p in plan):
+        raise InputError("the model has no layer to quantize (Conv, ConvTranspose, Gemm, MatMul)")
+    say(f"{sum(not p.skipped for p in plan)} layers to quantize; calibrating step sizes")
+    n_sd = round(train.calib_images * proxy.synthetic_section["sd_ratio"])
+    mix = torch.cat([proxy.train[: train.calib_images - n_sd], proxy.synthetic[:n_sd]])
+    calib = normalize(mix, data.mean, data.std)
+    calib_batches = [calib[i : i + 64] for i in range(0, len(calib), 64)]
+    if quant.equalize:
+        from zerop_deploy.quant.equalize import equalization_pairs, equalize
+
+        equalize(student, equalization_pairs(proto, plan), calib_batches)
+    init_weight_scales(student)
+    calibrate_activations(student, calib_batches)
+    batches = batch_fn(
+        proxy.train,
+        train.batch_size,
+        seed=train.seed,
+        augment_images=train.augment,
+        synthetic=proxy.synthetic,
+        sd_ratio=proxy.synthetic_section["sd_ratio"],
+        mean=data.mean,
+        std=data.std,
+    )
+    result = run_training(
+        teacher,
+        student,
+        batches,
+        train,
+        device=device,
+        checkpoint=checkpoint,
+        fingerprint=fingerprint,
+        resume=resume,
+        progress=progress,
+        feature_pairs=feature_pairs(proto, plan),
+    )
+    return student.cpu().eval(), plan, result
+
+
+def feature_pairs(proto, plan) -> list[tuple[str, str]]:
+    """Pair each quantized layer with the teacher module whose float output it reproduces.
+
+    That is the teacher's BatchNorm for a folded Conv, else the teacher's own layer.
+    """
+    from zerop_deploy.quant.graph import module_node_names
+
+    module_of = {node: module for module, node in module_node_names(proto).items()}
+    return [
+        (module_of[p.folded_bn] if p.folded_bn else p.module, p.module)
+        for p in plan
+        if p.skipped is None
+    ]
