@@ -25,6 +25,7 @@ Usage::
 
     python benchmarks/accuracy.py --write                      # the whole table
     python benchmarks/accuracy.py --nets resnet20 --methods zerop --bits w4a4 --steps 300
+    python benchmarks/accuracy.py --render --write             # redraw from the results file
 """
 
 from __future__ import annotations
@@ -328,10 +329,19 @@ def main() -> None:
     ap.add_argument("--synthetic-images", type=int, default=1024)
     ap.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
     ap.add_argument(
+        "--render",
+        action="store_true",
+        help="run nothing: redraw the table, goals and plot from benchmarks/results/accuracy.json",
+    )
+    ap.add_argument(
         "--work", type=Path, default=None, help="keep the synthetic sets here for later runs"
     )
     args = ap.parse_args()
 
+    if args.render:
+        rows, fp32 = _merge([], {}, "")
+        _publish(rows, fp32, args.write)
+        return
     x, y = _test_set(args.data)
     fp32 = {n: _accuracy(args.models / f"{NETS[n]}.onnx", x, y) for n in args.nets}
     rows = []
@@ -348,9 +358,12 @@ def main() -> None:
                     row = run_row(method, bits, prep, x, y)
                     print(json.dumps(row), flush=True)
                     rows, merged_fp32 = _merge([row], fp32, " ".join(sys.argv[1:]))  # kept as we go
-    if not rows:
-        return
-    fp32 = merged_fp32
+    if rows:
+        _publish(rows, merged_fp32, args.write)
+
+
+def _publish(rows: list[dict], fp32: dict[str, float], write: bool) -> None:
+    """Plot, print and (``write``) put the table and the goals into BENCHMARKS.md."""
     plot(rows, fp32, ROOT / "benchmarks" / "results" / "accuracy.png")
     header = (
         "fp32 (onnxruntime, JPEG CIFAR-10 test, 10,000 images): "
@@ -362,7 +375,7 @@ def main() -> None:
     text = header + "\n\n" + _table(rows, fp32) + "\n\nGoals of issue 8:\n\n"
     text += "\n".join(goals(rows, fp32))
     print(text)
-    if args.write:
+    if write:
         write_section("accuracy", "Accuracy (CIFAR-10, onnxruntime on the exported file)", text)
 
 
