@@ -22,7 +22,7 @@ from collections.abc import Iterable
 import onnx
 import torch
 
-from zerop_deploy.quant.graph import consumers, producers
+from zerop_deploy.quant.graph import consumers, int_attribute, producers
 from zerop_deploy.quant.modules import QuantConv, float_mode
 
 _S_RANGE = (1e-3, 1e3)  # guards against dead channels and empty weights
@@ -52,7 +52,7 @@ def equalization_pairs(proto: onnx.ModelProto, plan: list) -> list[tuple[str, st
     out = []
     for b in done:
         node_b = nodes[b.node]
-        if b.op != "Conv" or _groups(node_b) != 1:
+        if b.op != "Conv" or int_attribute(node_b, "group", 1) != 1:
             continue
         x = node_b.input[0]
         if not single_reader(x):
@@ -67,13 +67,6 @@ def equalization_pairs(proto: onnx.ModelProto, plan: list) -> list[tuple[str, st
         if a.folded_bn is None or single_reader(conv_out):  # A's conv output feeds only its BN
             out.append((a.module, b.module))
     return out
-
-
-def _groups(node: onnx.NodeProto) -> int:
-    for attr in node.attribute:
-        if attr.name == "group":
-            return int(attr.i)
-    return 1
 
 
 @torch.no_grad()

@@ -54,6 +54,11 @@ def module_node_names(proto: onnx.ModelProto) -> dict[str, str]:
     return {unique: node.proto.name or unique for unique, node in graph.nodes.items()}
 
 
+def int_attribute(node: onnx.NodeProto, name: str, default: int) -> int:
+    """The integer attribute ``name`` of ``node``, or ``default`` when the node does not set it."""
+    return next((int(a.i) for a in node.attribute if a.name == name), default)
+
+
 def producers(proto: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
     """Value name -> the node that produces it."""
     return {out: node for node in proto.graph.node for out in node.output}

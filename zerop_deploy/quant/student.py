@@ -26,6 +26,7 @@ from zerop_deploy.config import QuantConfig
 from zerop_deploy.quant.graph import (
     bn_parameters,
     conv_bn_pairs,
+    int_attribute,
     module_node_names,
     nonnegative_values,
 )
@@ -236,7 +237,7 @@ def layer_quants(
         w = layer.integer_weight().numpy().astype(np.int8)
         scale = layer.step_sizes().detach().numpy().astype(np.float32)
         axis = layer.weight_axis
-        if p.op == "Gemm" and not _attr_int(nodes[p.node], "transB"):
+        if p.op == "Gemm" and not int_attribute(nodes[p.node], "transB", 0):
             w, axis = w.T.copy(), 1
         bias = None if layer.bias is None else layer.bias.detach().numpy().astype(np.float32)
         out.append(
@@ -253,7 +254,3 @@ def layer_quants(
             )
         )
     return out
-
-
-def _attr_int(node: onnx.NodeProto, name: str) -> int:
-    return next((int(a.i) for a in node.attribute if a.name == name), 0)
