@@ -135,6 +135,7 @@ def quantize(
         teacher, proto, chw, data, train.seed, sources, device=device, cache_path=synth_cache,
         resume=resume, say=say, progress=progress,
     )  # fmt: skip
+    ckpt = out.with_name(out.name + ".ckpt")
     t_start = time.monotonic()
     student, plan, result = fine_tune(
         teacher,
@@ -144,7 +145,7 @@ def quantize(
         quant,
         train,
         device,
-        checkpoint=out.with_name(out.name + ".ckpt"),
+        checkpoint=ckpt,
         fingerprint=_fingerprint(src, quant, train, data),
         resume=resume,
         progress=progress,
@@ -173,7 +174,6 @@ def quantize(
 
         files.append((plot_layers, layer_chart(doc["layers"], out.name)))
     files.append((rep, (json.dumps(doc, indent=2) + "\n").encode()))
-    ckpt = out.with_name(out.name + ".ckpt")
     try:
         atomic_write_all(files)  # model, plot and report together, or none of them
     except InputError as e:
