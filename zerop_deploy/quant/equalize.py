@@ -69,6 +69,11 @@ def equalization_pairs(proto: onnx.ModelProto, plan: list) -> list[tuple[str, st
     return out
 
 
+def _absmax_per_channel(t: torch.Tensor) -> torch.Tensor:
+    """``max |t|`` over every axis but 1: per activation channel, or per Conv input channel."""
+    return t.detach().abs().transpose(0, 1).reshape(t.shape[1], -1).amax(1)
+
+
 @torch.no_grad()
 def channel_ranges(
     student: torch.nn.Module, modules: list[str], batches: Iterable[torch.Tensor]
@@ -79,7 +84,7 @@ def channel_ranges(
     for name in modules:
 
         def hook(_m, args, name=name):
-            r = args[0].detach().abs().transpose(0, 1).reshape(args[0].shape[1], -1).amax(1)
+            r = _absmax_per_channel(args[0])
             ranges[name] = r if name not in ranges else torch.maximum(ranges[name], r)
 
         hooks.append(student.get_submodule(name).register_forward_pre_hook(hook))
@@ -113,7 +118,7 @@ def equalize(
     for a_name, b_name in pairs:
         a, b = student.get_submodule(a_name), student.get_submodule(b_name)
         r = ranges[b_name].double()
-        w = b.weight.detach().double().abs().transpose(0, 1).reshape(b.weight.shape[1], -1).amax(1)
+        w = _absmax_per_channel(b.weight.double())  # per input channel of B
         s = torch.sqrt(r / w)
         s = torch.where((r > 0) & (w > 0) & torch.isfinite(s), s, torch.ones_like(s))
         s = s.clamp(*_S_RANGE)
