@@ -2,12 +2,10 @@
 
 Weights: for every output channel, the clipping ratio ``r`` of ``max|w|`` that minimises the squared
 quantization error is searched on a grid. Activations: the student runs in float on calibration
-images
-while every input quantizer records a bounded sample of its values; the scale (and, for asymmetric
-signed inputs, the zero point) minimising the squared error of fake-quantizing that sample is chosen
-the same way. Outliers therefore cost a little
-clipping
-instead of wasting most of the 16 levels of a 4-bit range.
+images while every input quantizer records a bounded sample of its values; the scale (and, for
+asymmetric signed inputs, the zero point) minimising the squared error of fake-quantizing that
+sample is chosen the same way. Outliers therefore cost a little clipping instead of wasting most of
+the 16 levels of a 4-bit range.
 """
 
 from __future__ import annotations
