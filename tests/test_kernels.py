@@ -99,6 +99,32 @@ def test_integer_accumulation_is_exact(group_size, impl):
     np.testing.assert_array_equal(y.astype(np.int64), exact)
 
 
+@pytest.mark.parametrize("impl", IMPLS)
+def test_long_reductions_do_not_overflow(impl):
+    """K = 1.2M with the largest terms: a 32-bit partial sum of 16 * (w + 8) * x over the whole row
+    would pass 2^31 (the VNNI path keeps high nibbles scaled by 16 and must flush them in time)."""
+    k = 1_200_000
+    x = np.where(np.arange(k) % 2, 127.0, -127.0).astype(np.float32)[None, :]
+    w = np.full((2, k), 7, dtype=np.int8)
+    w[1] = -8
+    y = kernels.matmul_int4(x, pack_int4(w), np.ones(2, np.float32), impl=impl)
+    # both sums are 0 (exact in float); a wrapped partial sum would leave a large remainder
+    np.testing.assert_array_equal(y, np.zeros((1, 2), np.float32))
+
+
+@needs_kernels
+def test_back_to_back_calls_with_changing_thread_counts():
+    """The pool's helpers spin between calls: regions that follow each other at once, with helper
+    counts going up and down, must each run every task exactly once."""
+    rng = np.random.default_rng(11)
+    x, w, scales, b = _case(rng, 3, 640, 96, 0)
+    p = pack_int4(w)
+    want = kernels.matmul_int4(x, p, scales, bias=b, threads=1)
+    for threads in [2, 4, 2, 1, 3, 8, 2, 2, 1, 4] * 20:
+        y = kernels.matmul_int4(x, p, scales, bias=b, threads=threads)
+        np.testing.assert_array_equal(y, want)
+
+
 @needs_kernels
 def test_all_zero_row_and_empty_batch():
     w = np.ones((3, 5), dtype=np.int8)

@@ -25,12 +25,18 @@ bool cpu_has_vnni() {
 namespace detail {
 namespace {
 
-// Integer product of R activation rows with NC nibble-packed weight rows over chunks [c0, c1).
-template <int R, bool kSingle, int NC>
-ZEROP_VNNI inline void accumulate(const int8_t* a, int64_t lda, const uint8_t* w, int64_t ldw,
-                                  int64_t c0, int64_t c1, __m256i (*acc)[NC]) {
-  const __m256i m0f = _mm256_set1_epi8(0x0F);
-  const __m256i m08 = _mm256_set1_epi8(0x08);
+// Chunks [c0, c1) of R activation rows against NC nibble-packed weight rows. Low nibbles become
+// (v & 0xF) ^ 8 = w + 8 (0..15), one vpternlogd (table 0x6A is (a & b) ^ c), and go into lo[].
+// High nibbles: with kShiftHi, shifted down and treated the same, into hi[] (which may be lo);
+// without, used in place as (v & 0xF0) ^ 0x80 = 16 * (w + 8) (0..240), one instruction less, and
+// the caller divides hi[] by 16 (exactly: every term is a multiple of 16).
+template <int R, int NC, bool kShiftHi>
+ZEROP_VNNI inline void chunk_products(const int8_t* a, int64_t lda, const uint8_t* w, int64_t ldw,
+                                      int64_t c0, int64_t c1, __m256i (*lo)[NC],
+                                      __m256i (*hi)[NC]) {
+  const __m256i m0f = _mm256_set1_epi8(0x0F), m08 = _mm256_set1_epi8(0x08);
+  const __m256i mf0 = _mm256_set1_epi8(static_cast<char>(0xF0));
+  const __m256i m80 = _mm256_set1_epi8(static_cast<char>(0x80));
   for (int64_t c = c0; c < c1; ++c) {
     __m256i ae[R], ao[R];
     for (int r = 0; r < R; ++r) {
@@ -45,15 +51,40 @@ ZEROP_VNNI inline void accumulate(const int8_t* a, int64_t lda, const uint8_t* w
       if (line)
         _mm_prefetch(reinterpret_cast<const char*>(w + (j + 2 * NC) * ldw + c * kChunkBytes),
                      _MM_HINT_T1);
-      // (nibble & 0xF) ^ 8 turns a two's-complement int4 w into w + 8 (0..15): one vpternlogd,
-      // whose table 0x6A is (a & b) ^ c
       const __m256i v =
           _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + j * ldw + c * kChunkBytes));
-      const __m256i lo = _mm256_ternarylogic_epi32(v, m0f, m08, 0x6A);
-      const __m256i hi = _mm256_ternarylogic_epi32(_mm256_srli_epi16(v, 4), m0f, m08, 0x6A);
-      for (int r = 0; r < R; ++r)
-        acc[r][j] = _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(acc[r][j], lo, ae[r]), hi, ao[r]);
+      const __m256i l = _mm256_ternarylogic_epi32(v, m0f, m08, 0x6A);
+      const __m256i h = kShiftHi ? _mm256_ternarylogic_epi32(_mm256_srli_epi16(v, 4), m0f, m08, 0x6A)
+                                 : _mm256_ternarylogic_epi32(v, mf0, m80, 0x6A);
+      for (int r = 0; r < R; ++r) {
+        lo[r][j] = _mm256_dpbusd_epi32(lo[r][j], l, ae[r]);
+        hi[r][j] = _mm256_dpbusd_epi32(hi[r][j], h, ao[r]);
+      }
     }
+  }
+}
+
+// Integer product of R activation rows with NC nibble-packed weight rows over chunks [c0, c1).
+// Long ranges keep the high nibbles in place (chunk_products) in extra accumulators, which the
+// 32 vector registers of AVX-512VL hold; short ones (groups of <= 256) shift, since there the
+// set-up of the extra accumulators costs more than the shift saves.
+template <int R, bool kSingle, int NC>
+ZEROP_VNNI inline void accumulate(const int8_t* a, int64_t lda, const uint8_t* w, int64_t ldw,
+                                  int64_t c0, int64_t c1, __m256i (*acc)[NC]) {
+  if (c1 - c0 <= 4) {
+    chunk_products<R, NC, true>(a, lda, w, ldw, c0, c1, acc, acc);
+    return;
+  }
+  // A 32-bit lane of hi gains at most 4 * 240 * 128 per chunk: flush it well before 2^31.
+  constexpr int64_t kFlush = 16384;
+  for (int64_t s0 = c0; s0 < c1; s0 += kFlush) {
+    __m256i hi[R][NC];
+    for (int r = 0; r < R; ++r)
+      for (int j = 0; j < NC; ++j) hi[r][j] = _mm256_setzero_si256();
+    chunk_products<R, NC, false>(a, lda, w, ldw, s0, std::min(c1, s0 + kFlush), acc, hi);
+    for (int r = 0; r < R; ++r)
+      for (int j = 0; j < NC; ++j)
+        acc[r][j] = _mm256_add_epi32(acc[r][j], _mm256_srai_epi32(hi[r][j], 4));
   }
 }
 
