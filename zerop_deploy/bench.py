@@ -62,9 +62,17 @@ def nbits_packed(q: np.ndarray, block: int) -> np.ndarray:
 
 
 def interleaved_median(
-    fns: dict[str, Callable[[], object]], *, rounds: int = 7, min_seconds: float = 0.05
+    fns: dict[str, Callable[[], object]],
+    *,
+    rounds: int = 7,
+    min_seconds: float = 0.05,
+    settle: float = 0.0,
 ) -> dict[str, float]:
-    """Median seconds per call of each fn, timed in interleaved rounds so noise hits all alike."""
+    """Median seconds per call of each fn, timed in interleaved rounds so noise hits all alike.
+
+    `settle` seconds of sleep before each timed batch let the idle threads of the previous variant
+    stop spinning (onnxruntime's spin for a while after a run), so that they do not slow this one.
+    """
     reps = {}
     for name, fn in fns.items():
         t0, count = time.perf_counter(), 0
@@ -75,6 +83,8 @@ def interleaved_median(
     samples: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
+            if settle:
+                time.sleep(settle)
             t0 = time.perf_counter()
             for _ in range(reps[name]):
                 fn()

@@ -58,6 +58,7 @@ def bench_case(
     copies: int,
     rng: np.random.Generator,
     rounds: int = 7,
+    settle: float = 0.0,
 ) -> dict[str, float]:
     """Seconds per call of each variant for one shape and block size."""
     ws = [rng.integers(-8, 8, size=(n, k), dtype=np.int8) for _ in range(copies)]
@@ -88,7 +89,7 @@ def bench_case(
         f"ort_matmulnbits_b{block}_acc4": lambda: nbits[idx()].run(None, feed),
         "ort_fp32_matmul": lambda: fp32[idx_fp32()].run(None, feed),
     }
-    return interleaved_median(fns, rounds=rounds)
+    return interleaved_median(fns, rounds=rounds, settle=settle)
 
 
 def main() -> None:
@@ -101,7 +102,12 @@ def main() -> None:
     ap.add_argument("--blocks", type=int, nargs="+", default=[32, 64, 128])
     ap.add_argument("--cache", choices=["hot", "cold", "both"], default="both")
     ap.add_argument("--json", type=Path, default=None)
-    ap.add_argument("--ort-spin", action="store_true", help="let onnxruntime's idle threads spin")
+    ap.add_argument(
+        "--ort-spin",
+        action="store_true",
+        help="let onnxruntime's idle threads spin (its default); each timed batch then starts after"
+        " a 50 ms pause, so that the spinning of the previous variant's threads has ended",
+    )
     ap.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds (median)")
     args = ap.parse_args()
     common.SPIN = args.ort_spin
@@ -118,7 +124,17 @@ def main() -> None:
         copies = 1 if mode == "hot" else -(-4 * L3_BYTES // weight_bytes)
         for m in args.m:
             for block in args.blocks:
-                t = bench_case(m, args.k, args.n, block, args.threads, copies, rng, args.rounds)
+                t = bench_case(
+                    m,
+                    args.k,
+                    args.n,
+                    block,
+                    args.threads,
+                    copies,
+                    rng,
+                    args.rounds,
+                    settle=0.05 if args.ort_spin else 0.0,
+                )
                 ours, nb = t[f"ours_g{block}"], t[f"ort_matmulnbits_b{block}_acc4"]
                 row = {
                     "cache": mode,
