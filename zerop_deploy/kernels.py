@@ -93,18 +93,27 @@ def pack_int4(w: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(_pack(w))
 
 
+_CHECKED_IMPLS: set[str] = {"auto", "scalar"}  # names already checked against this CPU
+
+
 def _impl(impl: str | None) -> str:
     name = impl if impl is not None else os.environ.get("ZEROP_KERNELS_IMPL", "auto")
+    if name in _CHECKED_IMPLS:
+        return name
     if name not in _IMPLS:
         raise ValueError(f"impl must be one of {_IMPLS}, got {name!r}")
     if name not in ("auto", "scalar") and not cpu_features()[name]:
         raise ValueError(f"impl={name!r} was requested but this CPU does not support it")
+    _CHECKED_IMPLS.add(name)
     return name
 
 
 def _array(a: object, name: str, dtype: np.dtype | tuple, ndim: int) -> np.ndarray:
     """Check that ``a`` is a C-contiguous ndarray of ``dtype`` with ``ndim`` dimensions."""
     dtypes = dtype if isinstance(dtype, tuple) else (dtype,)
+    # the common case first, cheaply: these checks run on every call of a microsecond kernel
+    if isinstance(a, np.ndarray) and a.ndim == ndim and a.dtype in dtypes and a.flags.c_contiguous:
+        return a
     if not isinstance(a, np.ndarray):
         raise ValueError(f"{name} must be a numpy array, got {type(a).__name__}")
     if a.dtype not in [np.dtype(d) for d in dtypes]:
