@@ -64,6 +64,55 @@ ZEROP_VNNI inline void chunk_products(const int8_t* a, int64_t lda, const uint8_
   }
 }
 
+// chunk_products<1, 8, false> (one row against 8 weight rows: the GEMV path) with every step
+// written as instructions and the 16 accumulators as named variables. From the intrinsics GCC 12
+// copies the accumulators to scratch registers and back around the destructive vpternlogd (16-18
+// vmovdqa per 16 vpdpbusd); with arrays in the asm operands it keeps them on the stack.
+ZEROP_VNNI inline void wide_products(const int8_t* a, const uint8_t* w, int64_t ldw, int64_t c0,
+                                     int64_t c1, __m256i (*lo)[8], __m256i (*hi)[8]) {
+  const __m256i m0f = _mm256_set1_epi8(0x0F), m08 = _mm256_set1_epi8(0x08);
+  const __m256i mf0 = _mm256_set1_epi8(static_cast<char>(0xF0));
+  const __m256i m80 = _mm256_set1_epi8(static_cast<char>(0x80));
+  __m256i l0 = lo[0][0], l1 = lo[0][1], l2 = lo[0][2], l3 = lo[0][3], l4 = lo[0][4],
+          l5 = lo[0][5], l6 = lo[0][6], l7 = lo[0][7];
+  __m256i h0 = hi[0][0], h1 = hi[0][1], h2 = hi[0][2], h3 = hi[0][3], h4 = hi[0][4],
+          h5 = hi[0][5], h6 = hi[0][6], h7 = hi[0][7];
+  for (int64_t c = c0; c < c1; ++c) {
+    const __m256i ae = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + c * kChunk));
+    const __m256i ao = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + c * kChunk + 32));
+    const uint8_t* wc = w + c * kChunkBytes;
+    if ((c & 1) == 0)  // one L2 prefetch per line, two blocks ahead (see chunk_products)
+      for (int j = 0; j < 8; ++j)
+        _mm_prefetch(reinterpret_cast<const char*>(wc + (j + 16) * ldw), _MM_HINT_T1);
+#define ZEROP_WIDE_STEP(J, L, H)                                                             \
+  do {                                                                                       \
+    __m256i tl, th;                                                                          \
+    asm("vmovdqu32 %[wp], %[tl]\n\t"                                                         \
+        "vmovdqu32 %[wp], %[th]\n\t"                                                         \
+        "vpternlogd $0x6a, %[m08], %[m0f], %[tl]\n\t"                                        \
+        "vpternlogd $0x6a, %[m80], %[mf0], %[th]\n\t"                                        \
+        "vpdpbusd %[ae], %[tl], %[acl]\n\t"                                                  \
+        "vpdpbusd %[ao], %[th], %[ach]"                                                      \
+        : [acl] "+v"(L), [ach] "+v"(H), [tl] "=&v"(tl), [th] "=&v"(th)                       \
+        : [wp] "m"(*reinterpret_cast<const __m256i*>(wc + (J) * ldw)), [m0f] "v"(m0f),       \
+          [m08] "v"(m08), [mf0] "v"(mf0), [m80] "v"(m80), [ae] "v"(ae), [ao] "v"(ao));        \
+  } while (0)
+    ZEROP_WIDE_STEP(0, l0, h0);
+    ZEROP_WIDE_STEP(1, l1, h1);
+    ZEROP_WIDE_STEP(2, l2, h2);
+    ZEROP_WIDE_STEP(3, l3, h3);
+    ZEROP_WIDE_STEP(4, l4, h4);
+    ZEROP_WIDE_STEP(5, l5, h5);
+    ZEROP_WIDE_STEP(6, l6, h6);
+    ZEROP_WIDE_STEP(7, l7, h7);
+#undef ZEROP_WIDE_STEP
+  }
+  lo[0][0] = l0, lo[0][1] = l1, lo[0][2] = l2, lo[0][3] = l3;
+  lo[0][4] = l4, lo[0][5] = l5, lo[0][6] = l6, lo[0][7] = l7;
+  hi[0][0] = h0, hi[0][1] = h1, hi[0][2] = h2, hi[0][3] = h3;
+  hi[0][4] = h4, hi[0][5] = h5, hi[0][6] = h6, hi[0][7] = h7;
+}
+
 // Integer product of R activation rows with NC nibble-packed weight rows over chunks [c0, c1).
 // Long ranges keep the high nibbles in place (chunk_products) in extra accumulators, which the
 // 32 vector registers of AVX-512VL hold; short ones (groups of <= 256) shift, since there the
@@ -81,7 +130,10 @@ ZEROP_VNNI inline void accumulate(const int8_t* a, int64_t lda, const uint8_t* w
     __m256i hi[R][NC];
     for (int r = 0; r < R; ++r)
       for (int j = 0; j < NC; ++j) hi[r][j] = _mm256_setzero_si256();
-    chunk_products<R, NC, false>(a, lda, w, ldw, s0, std::min(c1, s0 + kFlush), acc, hi);
+    if constexpr (R == 1 && NC == 8)
+      wide_products(a, w, ldw, s0, std::min(c1, s0 + kFlush), acc, hi);
+    else
+      chunk_products<R, NC, false>(a, lda, w, ldw, s0, std::min(c1, s0 + kFlush), acc, hi);
     for (int r = 0; r < R; ++r)
       for (int j = 0; j < NC; ++j)
         acc[r][j] = _mm256_add_epi32(acc[r][j], _mm256_srai_epi32(hi[r][j], 4));
