@@ -35,6 +35,7 @@ namespace detail {
 namespace {
 
 constexpr int64_t kSpinMicros = 100;
+constexpr int kHelperBits = 32;  // state_ = generation << kHelperBits | helpers
 
 // Spins until done() or kSpinMicros have passed; true if done() became true.
 template <typename Done>
@@ -68,8 +69,9 @@ class Pool {
       // above are visible to whoever sees it), so that a helper never pairs one region's
       // generation with another's count. Under the mutex: a helper about to sleep rechecks it.
       std::lock_guard<std::mutex> lock(mutex_);
-      generation_ += 1;
-      state_.store((generation_ << 16) | static_cast<uint64_t>(helpers), std::memory_order_release);
+      const uint64_t generation = (state_.load(std::memory_order_relaxed) >> kHelperBits) + 1;
+      state_.store((generation << kHelperBits) | static_cast<uint32_t>(helpers),
+                   std::memory_order_release);
     }
     wake_.notify_all();
     work();
@@ -122,7 +124,8 @@ class Pool {
       }
       if (stop_.load(std::memory_order_acquire)) return;
       seen = state_.load(std::memory_order_acquire);
-      if (id >= static_cast<int>(seen & 0xFFFF)) continue;  // not needed in this region
+      const auto helpers = static_cast<uint32_t>(seen);  // the low kHelperBits bits
+      if (static_cast<uint32_t>(id) >= helpers) continue;  // not needed in this region
       work();
       if (busy_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
         std::lock_guard<std::mutex> lock(mutex_);  // the caller may be between check and wait
@@ -138,8 +141,9 @@ class Pool {
   int64_t n_tasks_ = 0;
   std::atomic<int64_t> next_{0};
   std::atomic<int> busy_{0};
-  uint64_t generation_ = 0;        // written by the caller only, under mutex_
-  std::atomic<uint64_t> state_{0};  // generation << 16 | helpers of the current region
+  // generation << kHelperBits | helpers of the current region; written by the caller only,
+  // under mutex_
+  std::atomic<uint64_t> state_{0};
   std::atomic<bool> stop_{false};
   std::exception_ptr error_;
 };
