@@ -68,6 +68,9 @@ ZEROP_VNNI inline void chunk_products(const int8_t* a, int64_t lda, const uint8_
 // written as instructions and the 16 accumulators as named variables. From the intrinsics GCC 12
 // copies the accumulators to scratch registers and back around the destructive vpternlogd (16-18
 // vmovdqa per 16 vpdpbusd); with arrays in the asm operands it keeps them on the stack.
+// Each step loads its 32 weight bytes once and copies the register for the second vpternlogd
+// (a register move, resolved at rename): two loads of the same bytes measured 2-8 % slower
+// (BENCHMARKS.md, session 7).
 ZEROP_VNNI inline void wide_products(const int8_t* a, const uint8_t* w, int64_t ldw, int64_t c0,
                                      int64_t c1, __m256i (*lo)[8], __m256i (*hi)[8]) {
   const __m256i m0f = _mm256_set1_epi8(0x0F), m08 = _mm256_set1_epi8(0x08);
@@ -87,8 +90,8 @@ ZEROP_VNNI inline void wide_products(const int8_t* a, const uint8_t* w, int64_t 
 #define ZEROP_WIDE_STEP(J, L, H)                                                             \
   do {                                                                                       \
     __m256i tl, th;                                                                          \
-    asm("vmovdqu32 %[wp], %[tl]\n\t"                                                         \
-        "vmovdqu32 %[wp], %[th]\n\t"                                                         \
+    asm("vmovdqu32 %[wp], %[th]\n\t"                                                         \
+        "vmovdqa32 %[th], %[tl]\n\t"                                                         \
         "vpternlogd $0x6a, %[m08], %[m0f], %[tl]\n\t"                                        \
         "vpternlogd $0x6a, %[m80], %[mf0], %[th]\n\t"                                        \
         "vpdpbusd %[ae], %[tl], %[acl]\n\t"                                                  \
