@@ -81,6 +81,58 @@ def test_matmul_matches_reference(m, k, n, group_size, impl):
 
 
 @needs_kernels
+@pytest.mark.parametrize(("m", "k", "n", "group_size"), SHAPES)
+def test_default_call_takes_the_native_fast_path_and_matches_reference(m, k, n, group_size):
+    """Without impl, matmul_int4 checks its arguments in one native call: same result."""
+    rng = np.random.default_rng(m * 1000 + k + n + 1)
+    x, w, scales, b = _case(rng, m, k, n, group_size, bias=(n % 2 == 1))
+    packed = pack_int4(w)
+    assert kernels._native.matmul_f32_fast(x, packed, scales, b, group_size, 0) is not None
+    y = kernels.matmul_int4(x, packed, scales, bias=b, group_size=group_size)
+    assert y.dtype == np.float32 and y.shape == (m, n) and y.flags.c_contiguous
+    np.testing.assert_array_equal(
+        y, matmul_int4_reference(x, w, scales, bias=b, group_size=group_size)
+    )
+
+
+@needs_kernels
+def test_fast_path_declines_what_the_python_checks_must_handle(monkeypatch):
+    """The fast path returns None (and the Python checks take over) for anything uncommon."""
+    rng = np.random.default_rng(5)
+    x, w, scales, b = _case(rng, 2, 130, 9, 64)
+    packed = pack_int4(w)
+    fast = kernels._native.matmul_f32_fast
+    want = kernels.matmul_int4(x, packed, scales, bias=b, group_size=64)
+    declined = [
+        (x.astype(np.float64), packed, scales, b, 64, 0),
+        (np.asfortranarray(x), packed, scales, b, 64, 0),
+        (x, packed[:, :-1], scales, b, 64, 0),
+        (x, packed, scales[:1], b, 64, 0),
+        (x, packed, scales, b[:1], 64, 0),
+        (x, packed, scales, b, 48, 0),
+        (x, packed, scales, b, np.int64(64), 0),  # numpy integers: the Python path accepts them
+        (x, packed, scales, b, True, 0),
+        (x, packed, scales, b, 64, -1),
+        (x, packed, scales, b, 64, 2.0),
+        (x.tolist(), packed, scales, b, 64, 0),
+    ]
+    for args in declined:
+        assert fast(*args) is None
+    np.testing.assert_array_equal(
+        kernels.matmul_int4(x, packed, scales, bias=b, group_size=np.int64(64)), want
+    )
+    # an implementation named in the environment is honoured (and checked) by the Python path
+    monkeypatch.setenv("ZEROP_KERNELS_IMPL", "neon")
+    assert fast(x, packed, scales, b, 64, 0) is None
+    with pytest.raises(ValueError, match="impl"):
+        kernels.matmul_int4(x, packed, scales, bias=b, group_size=64)
+    monkeypatch.setenv("ZEROP_KERNELS_IMPL", "scalar")
+    np.testing.assert_array_equal(
+        kernels.matmul_int4(x, packed, scales, bias=b, group_size=64), want
+    )
+
+
+@needs_kernels
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("group_size", [0, 32, 64])
 def test_integer_accumulation_is_exact(group_size, impl):
