@@ -61,6 +61,9 @@ SHAPES = [
     (6, 64, 4, 32),
     (1, 4095, 130, 128),
     (33, 513, 65, 0),
+    (1, 4096, 77, 0),  # the per-channel GEMV path: 8 columns a step, then a 5-column tail
+    (1, 640, 16, 0),
+    (1, 2048, 1030, 0),
 ]
 
 
@@ -157,11 +160,11 @@ def test_long_reductions_do_not_overflow(impl):
     would pass 2^31 (the VNNI path keeps high nibbles scaled by 16 and must flush them in time)."""
     k = 1_200_000
     x = np.where(np.arange(k) % 2, 127.0, -127.0).astype(np.float32)[None, :]
-    w = np.full((2, k), 7, dtype=np.int8)
-    w[1] = -8
-    y = kernels.matmul_int4(x, pack_int4(w), np.ones(2, np.float32), impl=impl)
-    # both sums are 0 (exact in float); a wrapped partial sum would leave a large remainder
-    np.testing.assert_array_equal(y, np.zeros((1, 2), np.float32))
+    w = np.full((8, k), 7, dtype=np.int8)  # 8 columns: the GEMV path takes them
+    w[1::2] = -8
+    y = kernels.matmul_int4(x, pack_int4(w), np.ones(8, np.float32), impl=impl)
+    # every sum is 0 (exact in float); a wrapped partial sum would leave a large remainder
+    np.testing.assert_array_equal(y, np.zeros((1, 8), np.float32))
 
 
 @needs_kernels

@@ -95,10 +95,12 @@ ZEROP_AVX2 inline __m256i sad_sum(__m256i v) {
 #define ZEROP_TARGET ZEROP_AVX2
 #define ZEROP_BLOCK_FN block_avx2
 #define ZEROP_CONV_FN conv_block_avx2
+#define ZEROP_GEMV_FN gemv_avx2
 #include "simd_body.inc"
 #undef ZEROP_TARGET
 #undef ZEROP_BLOCK_FN
 #undef ZEROP_CONV_FN
+#undef ZEROP_GEMV_FN
 
 ZEROP_AVX2 void group_sums_avx2(const int8_t* a, int64_t kc, const GroupMode& gm, int32_t* corr) {
   std::fill(corr, corr + gm.groups, 0);
@@ -173,6 +175,7 @@ bool cpu_has_avx2() { return false; }
 namespace detail {
 void block_avx2(int rows, const BlockArgs& b) { block_scalar(rows, b); }
 void conv_block_avx2(int64_t rows, const ConvBlockArgs& b) { conv_block_scalar(rows, b); }
+int64_t gemv_avx2(const GemvArgs& g) { return g.n0; }
 void group_sums_avx2(const int8_t* a, int64_t kc, const GroupMode& gm, int32_t* corr) {
   group_sums_scalar(a, kc, gm, corr);
 }

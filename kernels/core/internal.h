@@ -57,6 +57,24 @@ struct BlockArgs {
 };
 using BlockFn = void (*)(int rows, const BlockArgs& b);
 
+// The GEMV path of one activation row with per-channel scales (a single group): columns [n0, n1)
+// eight at a time, y[n] = (float(S_n - corr) * sc[n]) * rs (+ bias[n]), the float steps of
+// block + epilogue. Returns the first column not done (n1 - n0 rounded down to a multiple of 8).
+struct GemvArgs {
+  const int8_t* a;  // kc*64 int8 in chunk layout
+  int32_t corr;     // 8 * sum of the row
+  float rs;
+  const uint8_t* w;  // weight row n at w + n * ldw
+  int64_t ldw, kc;
+  const float* sc;    // [n1]
+  const float* bias;  // [n1] or null
+  float* y;           // [n1], contiguous
+  int64_t n0, n1;
+};
+using GemvFn = int64_t (*)(const GemvArgs& g);
+int64_t gemv_avx2(const GemvArgs& g);
+int64_t gemv_vnni(const GemvArgs& g);
+
 void block_scalar(int rows, const BlockArgs& b);
 void block_avx2(int rows, const BlockArgs& b);
 void block_vnni(int rows, const BlockArgs& b);
@@ -118,6 +136,7 @@ void depthwise_direct(const int8_t* x, uint8_t flip, const float* img_scale, int
 
 struct Kernels {
   BlockFn block;
+  GemvFn gemv;  // null: the block path does every column
   ConvBlockFn conv_block;
   void (*group_sums)(const int8_t*, int64_t, const GroupMode&, int32_t*);
   void (*quantize)(const float*, int64_t, float, int8_t*);

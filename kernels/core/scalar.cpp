@@ -101,12 +101,12 @@ void epilogue(const float* yacc, float rs, const float* bias, float out[kNr]) {
 }
 
 const Kernels& kernels_for(Impl impl) {
-  static const Kernels scalar{block_scalar, conv_block_scalar, group_sums_scalar, quantize_scalar,
-                              absmax_scalar};
-  static const Kernels avx2{block_avx2, conv_block_avx2, group_sums_avx2, quantize_avx2,
-                            absmax_avx2};
-  static const Kernels vnni{block_vnni, conv_block_vnni, group_sums_avx2, quantize_avx2,
-                            absmax_avx2};
+  static const Kernels scalar{block_scalar,      nullptr,         conv_block_scalar,
+                              group_sums_scalar, quantize_scalar, absmax_scalar};
+  static const Kernels avx2{block_avx2,      gemv_avx2,     conv_block_avx2,
+                            group_sums_avx2, quantize_avx2, absmax_avx2};
+  static const Kernels vnni{block_vnni,      gemv_vnni,     conv_block_vnni,
+                            group_sums_avx2, quantize_avx2, absmax_avx2};
   if (impl == Impl::kScalar || !cpu_has_avx2()) return scalar;
   if (impl == Impl::kAvx2 || !cpu_has_vnni()) return avx2;
   return vnni;

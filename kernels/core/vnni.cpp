@@ -157,10 +157,12 @@ ZEROP_VNNI inline __m256i dot8(__m256i acc, __m256i w0, __m256i a0, __m256i w1, 
 #define ZEROP_TARGET ZEROP_VNNI
 #define ZEROP_BLOCK_FN block_vnni
 #define ZEROP_CONV_FN conv_block_vnni
+#define ZEROP_GEMV_FN gemv_vnni
 #include "simd_body.inc"
 #undef ZEROP_TARGET
 #undef ZEROP_BLOCK_FN
 #undef ZEROP_CONV_FN
+#undef ZEROP_GEMV_FN
 
 }  // namespace detail
 }  // namespace zerop
@@ -172,6 +174,7 @@ bool cpu_has_vnni() { return false; }
 namespace detail {
 void block_vnni(int rows, const BlockArgs& b) { block_scalar(rows, b); }
 void conv_block_vnni(int64_t rows, const ConvBlockArgs& b) { conv_block_scalar(rows, b); }
+int64_t gemv_vnni(const GemvArgs& g) { return g.n0; }
 }  // namespace detail
 }  // namespace zerop
 
