@@ -64,6 +64,10 @@ SHAPES = [
     (1, 4096, 77, 0),  # the per-channel GEMV path: 8 columns a step, then a 5-column tail
     (1, 640, 16, 0),
     (1, 2048, 1030, 0),
+    (1, 4096, 40, 128),  # the grouped GEMV path
+    (1, 2048, 24, 32),
+    (1, 960, 9, 64),
+    (1, 1088, 16, 256),  # the last group is one chunk
 ]
 
 

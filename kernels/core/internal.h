@@ -57,16 +57,19 @@ struct BlockArgs {
 };
 using BlockFn = void (*)(int rows, const BlockArgs& b);
 
-// The GEMV path of one activation row with per-channel scales (a single group): columns [n0, n1)
-// eight at a time, y[n] = (float(S_n - corr) * sc[n]) * rs (+ bias[n]), the float steps of
-// block + epilogue. Returns the first column not done (n1 - n0 rounded down to a multiple of 8).
+// The GEMV path of one activation row: columns [n0, n1) eight at a time,
+// y[n] = (sum over g in order of float(S_gn - corr[g]) * sc[g][n]) * rs (+ bias[n]), the float
+// steps of block + epilogue. Returns the first column not done (n1 - n0 rounded down to a
+// multiple of 8).
 struct GemvArgs {
-  const int8_t* a;  // kc*64 int8 in chunk layout
-  int32_t corr;     // 8 * sum of the row
+  const int8_t* a;      // kc*64 int8 in chunk layout
+  const int32_t* corr;  // [G]: 8 * the row's sum in each group
   float rs;
   const uint8_t* w;  // weight row n at w + n * ldw
   int64_t ldw, kc;
-  const float* sc;    // [n1]
+  GroupMode gm;
+  const float* sc;  // [G, ldsc]
+  int64_t ldsc;
   const float* bias;  // [n1] or null
   float* y;           // [n1], contiguous
   int64_t n0, n1;

@@ -72,8 +72,9 @@ void gemm_rows(const Kernels& kn, const WeightSpec& ws, int64_t rows, const int8
   const int64_t ldout = (groups + 1) * kNr;
   s.sc.resize(static_cast<size_t>(std::max<int64_t>(groups, 1) * kNr));
   const bool in_place = ws.row_bytes == ws.kc * kChunkBytes;
-  if (rows == 1 && ws.a_offset == 0 && in_place && groups == 1 && y_col == 1 && kn.gemv)
-    n0 = kn.gemv({a, corr[0], rs[0], ws.packed, ws.ldw, ws.kc, ws.scales, ws.bias, y, n0, n1});
+  if (rows == 1 && ws.a_offset == 0 && in_place && y_col == 1 && kn.gemv)
+    n0 = kn.gemv({a, corr, rs[0], ws.packed, ws.ldw, ws.kc, ws.gm, ws.scales, ws.ld_scales,
+                  ws.bias, y, n0, n1});
   for (int64_t nb = n0; nb < n1; nb += kNr) {
     if (rows == 1 && ws.a_offset == 0 && in_place && nb + 2 * kNr <= n1) {
       wide_block(kn, ws, a, corr, rs[0], nb, y + nb * y_col, y_col);

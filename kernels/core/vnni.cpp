@@ -64,13 +64,15 @@ ZEROP_VNNI inline void chunk_products(const int8_t* a, int64_t lda, const uint8_
   }
 }
 
-// chunk_products<1, 8, false> (one row against 8 weight rows: the GEMV path) with every step
-// written as instructions and the 16 accumulators as named variables. From the intrinsics GCC 12
+// chunk_products<1, 8, kShiftHi> (one row against 8 weight rows: the GEMV path) with every step
+// written as instructions and the 16 accumulators as named variables (with kShiftHi, hi[] gets
+// the shifted high nibbles, w + 8, and the caller adds it to lo[]). From the intrinsics GCC 12
 // copies the accumulators to scratch registers and back around the destructive vpternlogd (16-18
 // vmovdqa per 16 vpdpbusd); with arrays in the asm operands it keeps them on the stack.
 // Each step loads its 32 weight bytes once and copies the register for the second vpternlogd
 // (a register move, resolved at rename): two loads of the same bytes measured 2-8 % slower
 // (BENCHMARKS.md, session 7).
+template <bool kShiftHi>
 ZEROP_VNNI inline void wide_products(const int8_t* a, const uint8_t* w, int64_t ldw, int64_t c0,
                                      int64_t c1, __m256i (*lo)[8], __m256i (*hi)[8]) {
   const __m256i m0f = _mm256_set1_epi8(0x0F), m08 = _mm256_set1_epi8(0x08);
@@ -87,18 +89,32 @@ ZEROP_VNNI inline void wide_products(const int8_t* a, const uint8_t* w, int64_t 
     if ((c & 1) == 0)  // one L2 prefetch per line, two blocks ahead (see chunk_products)
       for (int j = 0; j < 8; ++j)
         _mm_prefetch(reinterpret_cast<const char*>(wc + (j + 16) * ldw), _MM_HINT_T1);
-#define ZEROP_WIDE_STEP(J, L, H)                                                             \
-  do {                                                                                       \
-    __m256i tl, th;                                                                          \
-    asm("vmovdqu32 %[wp], %[th]\n\t"                                                         \
-        "vmovdqa32 %[th], %[tl]\n\t"                                                         \
-        "vpternlogd $0x6a, %[m08], %[m0f], %[tl]\n\t"                                        \
-        "vpternlogd $0x6a, %[m80], %[mf0], %[th]\n\t"                                        \
-        "vpdpbusd %[ae], %[tl], %[acl]\n\t"                                                  \
-        "vpdpbusd %[ao], %[th], %[ach]"                                                      \
-        : [acl] "+v"(L), [ach] "+v"(H), [tl] "=&v"(tl), [th] "=&v"(th)                       \
-        : [wp] "m"(*reinterpret_cast<const __m256i*>(wc + (J) * ldw)), [m0f] "v"(m0f),       \
-          [m08] "v"(m08), [mf0] "v"(mf0), [m80] "v"(m80), [ae] "v"(ae), [ao] "v"(ao));        \
+// Low nibbles: (v & 0xF) ^ 8. High: shifted down and treated alike, or in place (see above).
+#define ZEROP_SHIFT_HI                          \
+  "vmovdqu32 %[wp], %[tl]\n\t"                 \
+  "vpsrlw $4, %[tl], %[th]\n\t"                \
+  "vpternlogd $0x6a, %[m08], %[m0f], %[tl]\n\t" \
+  "vpternlogd $0x6a, %[m08], %[m0f], %[th]\n\t"
+#define ZEROP_IN_PLACE_HI                       \
+  "vmovdqu32 %[wp], %[th]\n\t"                 \
+  "vmovdqa32 %[th], %[tl]\n\t"                 \
+  "vpternlogd $0x6a, %[m08], %[m0f], %[tl]\n\t" \
+  "vpternlogd $0x6a, %[m80], %[mf0], %[th]\n\t"
+#define ZEROP_WIDE_ASM(NIBBLES, J, L, H)                                                  \
+  do {                                                                                     \
+    __m256i tl, th;                                                                        \
+    asm(NIBBLES "vpdpbusd %[ae], %[tl], %[acl]\n\t"                                        \
+                "vpdpbusd %[ao], %[th], %[ach]"                                            \
+        : [acl] "+v"(L), [ach] "+v"(H), [tl] "=&v"(tl), [th] "=&v"(th)                     \
+        : [wp] "m"(*reinterpret_cast<const __m256i*>(wc + (J) * ldw)), [m0f] "v"(m0f),     \
+          [m08] "v"(m08), [mf0] "v"(mf0), [m80] "v"(m80), [ae] "v"(ae), [ao] "v"(ao));      \
+  } while (0)
+#define ZEROP_WIDE_STEP(J, L, H)                    \
+  do {                                              \
+    if constexpr (kShiftHi)                         \
+      ZEROP_WIDE_ASM(ZEROP_SHIFT_HI, J, L, H);      \
+    else                                            \
+      ZEROP_WIDE_ASM(ZEROP_IN_PLACE_HI, J, L, H);   \
   } while (0)
     ZEROP_WIDE_STEP(0, l0, h0);
     ZEROP_WIDE_STEP(1, l1, h1);
@@ -109,6 +125,9 @@ ZEROP_VNNI inline void wide_products(const int8_t* a, const uint8_t* w, int64_t 
     ZEROP_WIDE_STEP(6, l6, h6);
     ZEROP_WIDE_STEP(7, l7, h7);
 #undef ZEROP_WIDE_STEP
+#undef ZEROP_WIDE_ASM
+#undef ZEROP_IN_PLACE_HI
+#undef ZEROP_SHIFT_HI
   }
   lo[0][0] = l0, lo[0][1] = l1, lo[0][2] = l2, lo[0][3] = l3;
   lo[0][4] = l4, lo[0][5] = l5, lo[0][6] = l6, lo[0][7] = l7;
@@ -124,7 +143,14 @@ template <int R, bool kSingle, int NC>
 ZEROP_VNNI inline void accumulate(const int8_t* a, int64_t lda, const uint8_t* w, int64_t ldw,
                                   int64_t c0, int64_t c1, __m256i (*acc)[NC]) {
   if (c1 - c0 <= 4) {
-    chunk_products<R, NC, true>(a, lda, w, ldw, c0, c1, acc, acc);
+    if constexpr (R == 1 && NC == 8) {
+      __m256i hi[1][8];
+      for (int j = 0; j < 8; ++j) hi[0][j] = _mm256_setzero_si256();
+      wide_products<true>(a, w, ldw, c0, c1, acc, hi);
+      for (int j = 0; j < 8; ++j) acc[0][j] = _mm256_add_epi32(acc[0][j], hi[0][j]);
+    } else {
+      chunk_products<R, NC, true>(a, lda, w, ldw, c0, c1, acc, acc);
+    }
     return;
   }
   // A 32-bit lane of hi gains at most 4 * 240 * 128 per chunk: flush it well before 2^31.
@@ -134,7 +160,7 @@ ZEROP_VNNI inline void accumulate(const int8_t* a, int64_t lda, const uint8_t* w
     for (int r = 0; r < R; ++r)
       for (int j = 0; j < NC; ++j) hi[r][j] = _mm256_setzero_si256();
     if constexpr (R == 1 && NC == 8)
-      wide_products(a, w, ldw, s0, std::min(c1, s0 + kFlush), acc, hi);
+      wide_products<false>(a, w, ldw, s0, std::min(c1, s0 + kFlush), acc, hi);
     else
       chunk_products<R, NC, false>(a, lda, w, ldw, s0, std::min(c1, s0 + kFlush), acc, hi);
     for (int r = 0; r < R; ++r)
