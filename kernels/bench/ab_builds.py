@@ -7,6 +7,7 @@ namespace renamed, running on the working tree's thread pool: see SHIM); the C++
 `matmul_int4_f32` is timed directly, without Python.
 
     python kernels/bench/ab_builds.py --base HEAD~1 --threads 2 --k 4096 --n 4096 --group 0 128
+    python kernels/bench/ab_builds.py --base HEAD~1 --copies 16   # weights from DRAM
 
 Prints, per case: the median and best us per call of each build and the median paired speedup
 (old / new: above 1 means the working tree is faster). Needs g++ and git.
@@ -54,21 +55,29 @@ int main(int argc, char** argv) {
   const int64_t m = std::atoll(argv[2]), k = std::atoll(argv[3]), n = std::atoll(argv[4]);
   const int64_t g = std::atoll(argv[5]);
   const int rounds = std::atoi(argv[6]);
+  const int64_t copies = std::atoll(argv[7]);  // > 1: rotate over copies (cold caches)
   std::mt19937 rng(1);
   std::vector<float> x(m * k);
   for (auto& v : x) v = static_cast<float>(static_cast<int>(rng() % 2001) - 1000) / 1000.0f;
   // numpy places large arrays 16 bytes past a page boundary: time the weights there too
-  std::vector<uint8_t> buf(static_cast<size_t>(n * ((k + 1) / 2) + 4096 + 16));
-  uint8_t* w = buf.data() + ((4096 - reinterpret_cast<uintptr_t>(buf.data()) % 4096) % 4096) + 16;
-  for (int64_t i = 0; i < n * ((k + 1) / 2); ++i) w[i] = static_cast<uint8_t>(rng());
+  const int64_t bytes = n * ((k + 1) / 2), stride = (bytes + 4095) / 4096 * 4096;
+  std::vector<uint8_t> buf(static_cast<size_t>(copies * stride + 4096 + 16));
+  uint8_t* w0 = buf.data() + ((4096 - reinterpret_cast<uintptr_t>(buf.data()) % 4096) % 4096) + 16;
+  for (int64_t i = 0; i < bytes; ++i) w0[i] = static_cast<uint8_t>(rng());
+  for (int64_t c = 1; c < copies; ++c) std::copy(w0, w0 + bytes, w0 + c * stride);
+  int64_t next = 0;
+  const uint8_t* w = w0;
+  auto rotate = [&] { w = w0 + (next = (next + 1) % copies) * stride; };
   const int64_t groups = g ? (k + g - 1) / g : 1;
   std::vector<float> s(groups * n), y_new(m * n), y_old(m * n);
   for (auto& v : s) v = 0.5f + static_cast<float>(rng() % 1000) / 1000.0f;
   auto run_new = [&] {
+    rotate();
     zerop::matmul_int4_f32(x.data(), m, k, w, n, s.data(), g, nullptr, y_new.data(), th,
                            zerop::Impl::kAuto);
   };
   auto run_old = [&] {
+    rotate();
     zold::matmul_int4_f32(x.data(), m, k, w, n, s.data(), g, nullptr, y_old.data(), th,
                           zold::Impl::kAuto);
   };
@@ -87,11 +96,12 @@ int main(int argc, char** argv) {
     ratio.push_back(t_old.back() / t_new.back());
   }
   std::printf(
-      "threads=%d M=%lld K=%lld N=%lld group=%lld: base %.1f us (best %.1f), working tree %.1f us "
-      "(best %.1f), median paired speedup %.3fx%s\n",
+      "threads=%d M=%lld K=%lld N=%lld group=%lld copies=%lld: base %.1f us (best %.1f), "
+      "working tree %.1f us (best %.1f), median paired speedup %.3fx%s\n",
       th, static_cast<long long>(m), static_cast<long long>(k), static_cast<long long>(n),
-      static_cast<long long>(g), median(t_old), *std::min_element(t_old.begin(), t_old.end()),
-      median(t_new), *std::min_element(t_new.begin(), t_new.end()), median(ratio),
+      static_cast<long long>(g), static_cast<long long>(copies), median(t_old),
+      *std::min_element(t_old.begin(), t_old.end()), median(t_new),
+      *std::min_element(t_new.begin(), t_new.end()), median(ratio),
       same ? "" : "  OUTPUTS DIFFER");
   return same ? 0 : 1;
 }
@@ -145,6 +155,9 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=4096)
     ap.add_argument("--group", type=int, nargs="+", default=[0])
     ap.add_argument("--rounds", type=int, default=21)
+    ap.add_argument(
+        "--copies", type=int, default=1, help="rotate over this many weight copies (16: cold)"
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
@@ -178,7 +191,9 @@ def main() -> None:
         for g in args.group:
             for t in args.threads:
                 cmd = [str(exe), str(t), str(args.m), str(args.k), str(args.n), str(g)]
-                res = subprocess.run([*cmd, str(args.rounds)], capture_output=True, text=True)
+                res = subprocess.run(
+                    [*cmd, str(args.rounds), str(args.copies)], capture_output=True, text=True
+                )
                 print(res.stdout.strip() or res.stderr.strip(), flush=True)
                 failed |= res.returncode != 0
         sys.exit(1 if failed else 0)
