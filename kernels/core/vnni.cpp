@@ -8,6 +8,10 @@
 #include "internal.h"
 
 #if defined(__x86_64__) || defined(__i386__)
+// GCC 12's AVX-512 headers start several intrinsics (512-bit set1, broadcast, extract) from an
+// "undefined" vector that -Wall then reports as maybe used uninitialized once inlined here; those
+// lanes are always overwritten (a false positive of the headers, not of this file).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 #define ZEROP_VNNI __attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")))
 
@@ -64,29 +68,75 @@ ZEROP_VNNI inline void chunk_products(const int8_t* a, int64_t lda, const uint8_
   }
 }
 
+// acc + the two 256-bit halves of v.
+ZEROP_VNNI inline __m256i fold(__m256i acc, __m512i v) {
+  return _mm256_add_epi32(
+      acc, _mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64(v, 1)));
+}
+
+// The 512-bit and 256-bit forms of the values the GEMV step needs.
+template <bool k512>
+struct VecOf {
+  using type = __m256i;
+};
+template <>
+struct VecOf<true> {
+  using type = __m512i;
+};
+template <bool k512>
+using Vec = typename VecOf<k512>::type;
+template <bool k512>
+ZEROP_VNNI inline Vec<k512> splat8(char v) {
+  if constexpr (k512)
+    return _mm512_set1_epi8(v);
+  else
+    return _mm256_set1_epi8(v);
+}
+
 // chunk_products<1, 8, kShiftHi> (one row against 8 weight rows: the GEMV path) with every step
 // written as instructions and the 16 accumulators as named variables (with kShiftHi, hi[] gets
 // the shifted high nibbles, w + 8, and the caller adds it to lo[]). From the intrinsics GCC 12
 // copies the accumulators to scratch registers and back around the destructive vpternlogd (16-18
 // vmovdqa per 16 vpdpbusd); with arrays in the asm operands it keeps them on the stack.
-// Each step loads its 32 weight bytes once and copies the register for the second vpternlogd
+// Each step loads its weight bytes once and copies the register for the second vpternlogd
 // (a register move, resolved at rename): two loads of the same bytes measured 2-8 % slower
 // (BENCHMARKS.md, session 7).
-template <bool kShiftHi>
-ZEROP_VNNI inline void wide_products(const int8_t* a, const uint8_t* w, int64_t ldw, int64_t c0,
+// k512: each step takes two chunks (64 bytes of each weight row, one load) on 512-bit vectors,
+// the two chunks' activations side by side, and [c0, c1) must hold an even number of chunks.
+// Zen 4 splits every 512-bit operation in two, so the arithmetic costs the same; what it saves
+// is half of the loads and instructions, and the hot GEMV ran 1.1-1.3x faster (session 7).
+template <bool kShiftHi, bool k512>
+ZEROP_VNNI __attribute__((always_inline)) inline void wide_products(const int8_t* a, const uint8_t* w, int64_t ldw, int64_t c0,
                                      int64_t c1, __m256i (*lo)[8], __m256i (*hi)[8]) {
-  const __m256i m0f = _mm256_set1_epi8(0x0F), m08 = _mm256_set1_epi8(0x08);
-  const __m256i mf0 = _mm256_set1_epi8(static_cast<char>(0xF0));
-  const __m256i m80 = _mm256_set1_epi8(static_cast<char>(0x80));
-  __m256i l0 = lo[0][0], l1 = lo[0][1], l2 = lo[0][2], l3 = lo[0][3], l4 = lo[0][4],
-          l5 = lo[0][5], l6 = lo[0][6], l7 = lo[0][7];
-  __m256i h0 = hi[0][0], h1 = hi[0][1], h2 = hi[0][2], h3 = hi[0][3], h4 = hi[0][4],
-          h5 = hi[0][5], h6 = hi[0][6], h7 = hi[0][7];
-  for (int64_t c = c0; c < c1; ++c) {
-    const __m256i ae = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + c * kChunk));
-    const __m256i ao = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + c * kChunk + 32));
+  using V = Vec<k512>;
+  const V m0f = splat8<k512>(0x0F), m08 = splat8<k512>(0x08);
+  const V mf0 = splat8<k512>(static_cast<char>(0xF0)), m80 = splat8<k512>(static_cast<char>(0x80));
+  V l0, l1, l2, l3, l4, l5, l6, l7, h0, h1, h2, h3, h4, h5, h6, h7;
+  if constexpr (k512) {  // 512-bit sums start at 0 and are folded into lo/hi at the end
+    l0 = l1 = l2 = l3 = l4 = l5 = l6 = l7 = _mm512_setzero_si512();
+    h0 = h1 = h2 = h3 = h4 = h5 = h6 = h7 = _mm512_setzero_si512();
+  } else {
+    l0 = lo[0][0], l1 = lo[0][1], l2 = lo[0][2], l3 = lo[0][3], l4 = lo[0][4], l5 = lo[0][5];
+    l6 = lo[0][6], l7 = lo[0][7];
+    h0 = hi[0][0], h1 = hi[0][1], h2 = hi[0][2], h3 = hi[0][3], h4 = hi[0][4], h5 = hi[0][5];
+    h6 = hi[0][6], h7 = hi[0][7];
+  }
+  constexpr int64_t kStep = k512 ? 2 : 1;
+  for (int64_t c = c0; c < c1; c += kStep) {
+    const int8_t* ac = a + c * kChunk;
+    V ae, ao;
+    if constexpr (k512) {  // [chunk c | chunk c + 1] of the even and of the odd activations
+      const __m256i* p = reinterpret_cast<const __m256i*>(ac);  // 32-byte units
+      ae = _mm512_mask_broadcast_i64x4(_mm512_broadcast_i64x4(_mm256_loadu_si256(p)), 0xF0,
+                                       _mm256_loadu_si256(p + 2));
+      ao = _mm512_mask_broadcast_i64x4(_mm512_broadcast_i64x4(_mm256_loadu_si256(p + 1)), 0xF0,
+                                       _mm256_loadu_si256(p + 3));
+    } else {
+      ae = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ac));
+      ao = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ac + 32));
+    }
     const uint8_t* wc = w + c * kChunkBytes;
-    if ((c & 1) == 0)  // one L2 prefetch per line, two blocks ahead (see chunk_products)
+    if (k512 || (c & 1) == 0)  // one L2 prefetch per line, two blocks ahead (see chunk_products)
       for (int j = 0; j < 8; ++j)
         _mm_prefetch(reinterpret_cast<const char*>(wc + (j + 16) * ldw), _MM_HINT_T1);
 // Low nibbles: (v & 0xF) ^ 8. High: shifted down and treated alike, or in place (see above).
@@ -102,11 +152,11 @@ ZEROP_VNNI inline void wide_products(const int8_t* a, const uint8_t* w, int64_t 
   "vpternlogd $0x6a, %[m80], %[mf0], %[th]\n\t"
 #define ZEROP_WIDE_ASM(NIBBLES, J, L, H)                                                  \
   do {                                                                                     \
-    __m256i tl, th;                                                                        \
+    V tl, th;                                                                              \
     asm(NIBBLES "vpdpbusd %[ae], %[tl], %[acl]\n\t"                                        \
                 "vpdpbusd %[ao], %[th], %[ach]"                                            \
         : [acl] "+v"(L), [ach] "+v"(H), [tl] "=&v"(tl), [th] "=&v"(th)                     \
-        : [wp] "m"(*reinterpret_cast<const __m256i*>(wc + (J) * ldw)), [m0f] "v"(m0f),     \
+        : [wp] "m"(*reinterpret_cast<const V*>(wc + (J) * ldw)), [m0f] "v"(m0f),           \
           [m08] "v"(m08), [mf0] "v"(mf0), [m80] "v"(m80), [ae] "v"(ae), [ao] "v"(ao));      \
   } while (0)
 #define ZEROP_WIDE_STEP(J, L, H)                    \
@@ -129,24 +179,45 @@ ZEROP_VNNI inline void wide_products(const int8_t* a, const uint8_t* w, int64_t 
 #undef ZEROP_IN_PLACE_HI
 #undef ZEROP_SHIFT_HI
   }
-  lo[0][0] = l0, lo[0][1] = l1, lo[0][2] = l2, lo[0][3] = l3;
-  lo[0][4] = l4, lo[0][5] = l5, lo[0][6] = l6, lo[0][7] = l7;
-  hi[0][0] = h0, hi[0][1] = h1, hi[0][2] = h2, hi[0][3] = h3;
-  hi[0][4] = h4, hi[0][5] = h5, hi[0][6] = h6, hi[0][7] = h7;
+  if constexpr (k512) {
+    lo[0][0] = fold(lo[0][0], l0), lo[0][1] = fold(lo[0][1], l1), lo[0][2] = fold(lo[0][2], l2);
+    lo[0][3] = fold(lo[0][3], l3), lo[0][4] = fold(lo[0][4], l4), lo[0][5] = fold(lo[0][5], l5);
+    lo[0][6] = fold(lo[0][6], l6), lo[0][7] = fold(lo[0][7], l7);
+    hi[0][0] = fold(hi[0][0], h0), hi[0][1] = fold(hi[0][1], h1), hi[0][2] = fold(hi[0][2], h2);
+    hi[0][3] = fold(hi[0][3], h3), hi[0][4] = fold(hi[0][4], h4), hi[0][5] = fold(hi[0][5], h5);
+    hi[0][6] = fold(hi[0][6], h6), hi[0][7] = fold(hi[0][7], h7);
+  } else {
+    lo[0][0] = l0, lo[0][1] = l1, lo[0][2] = l2, lo[0][3] = l3;
+    lo[0][4] = l4, lo[0][5] = l5, lo[0][6] = l6, lo[0][7] = l7;
+    hi[0][0] = h0, hi[0][1] = h1, hi[0][2] = h2, hi[0][3] = h3;
+    hi[0][4] = h4, hi[0][5] = h5, hi[0][6] = h6, hi[0][7] = h7;
+  }
+}
+
+// wide_products over [c0, c1): pairs of chunks on 512-bit vectors, an odd last one on 256.
+template <bool kShiftHi>
+ZEROP_VNNI __attribute__((always_inline)) inline void wide_range(const int8_t* a, const uint8_t* w, int64_t ldw, int64_t c0,
+                                  int64_t c1, __m256i (*lo)[8], __m256i (*hi)[8]) {
+  const int64_t mid = c0 + ((c1 - c0) & ~int64_t{1});
+  if (mid > c0) wide_products<kShiftHi, true>(a, w, ldw, c0, mid, lo, hi);
+  if (mid < c1) wide_products<kShiftHi, false>(a, w, ldw, mid, c1, lo, hi);
 }
 
 // Integer product of R activation rows with NC nibble-packed weight rows over chunks [c0, c1).
 // Long ranges keep the high nibbles in place (chunk_products) in extra accumulators, which the
 // 32 vector registers of AVX-512VL hold; short ones (groups of <= 256) shift, since there the
 // set-up of the extra accumulators costs more than the shift saves.
+// Inlined into its callers (with the 512-bit loop it grew past GCC's limit, and a call per group
+// made groups of 128 1.3x slower).
 template <int R, bool kSingle, int NC>
-ZEROP_VNNI inline void accumulate(const int8_t* a, int64_t lda, const uint8_t* w, int64_t ldw,
+ZEROP_VNNI __attribute__((always_inline)) inline void accumulate(const int8_t* a, int64_t lda, const uint8_t* w, int64_t ldw,
                                   int64_t c0, int64_t c1, __m256i (*acc)[NC]) {
   if (c1 - c0 <= 4) {
     if constexpr (R == 1 && NC == 8) {
       __m256i hi[1][8];
       for (int j = 0; j < 8; ++j) hi[0][j] = _mm256_setzero_si256();
-      wide_products<true>(a, w, ldw, c0, c1, acc, hi);
+      wide_products<true, false>(a, w, ldw, c0, c1, acc, hi);  // folding 512-bit sums per group
+                                                                 // costs more than it saves
       for (int j = 0; j < 8; ++j) acc[0][j] = _mm256_add_epi32(acc[0][j], hi[0][j]);
     } else {
       chunk_products<R, NC, true>(a, lda, w, ldw, c0, c1, acc, acc);
@@ -160,7 +231,7 @@ ZEROP_VNNI inline void accumulate(const int8_t* a, int64_t lda, const uint8_t* w
     for (int r = 0; r < R; ++r)
       for (int j = 0; j < NC; ++j) hi[r][j] = _mm256_setzero_si256();
     if constexpr (R == 1 && NC == 8)
-      wide_products<false>(a, w, ldw, s0, std::min(c1, s0 + kFlush), acc, hi);
+      wide_range<false>(a, w, ldw, s0, std::min(c1, s0 + kFlush), acc, hi);
     else
       chunk_products<R, NC, false>(a, lda, w, ldw, s0, std::min(c1, s0 + kFlush), acc, hi);
     for (int r = 0; r < R; ++r)
