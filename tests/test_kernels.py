@@ -256,6 +256,10 @@ CONVS = [  # (B, C_in, H, W, C_out, kH, kW, stride, padding, dilation, groups)
     (2, 16, 8, 8, 32, 3, 3, 2, 1, 1, 1),
     (1, 8, 10, 10, 8, 3, 3, 1, 2, 2, 8),  # depthwise, dilated
     (2, 12, 9, 9, 12, 3, 3, 2, 1, 1, 12),  # depthwise, stride 2
+    (2, 8, 20, 20, 8, 3, 3, 1, 1, 1, 8),  # depthwise, rows of 16 or more: the row form
+    (3, 24, 4, 4, 24, 3, 3, 1, 1, 1, 24),  # depthwise, small planes: channels innermost
+    (2, 20, 15, 15, 20, 5, 5, 2, 2, 1, 20),  # the same with 25 taps (int32 sums)
+    (2, 40, 8, 8, 40, 3, 3, 1, 2, 2, 40),  # the same, dilated
     (1, 6, 7, 9, 4, 3, 2, (2, 1), (1, 0), (1, 2), 2),
     (3, 5, 5, 5, 7, 1, 1, 1, 0, 1, 1),  # pointwise
     (1, 70, 6, 6, 3, 1, 1, 1, 0, 1, 1),  # K > 64
@@ -311,7 +315,7 @@ def test_conv2d_matches_torch_on_dequantized_values(spec):
 
 
 @needs_kernels
-@pytest.mark.parametrize("spec", CONVS[:4])
+@pytest.mark.parametrize("spec", CONVS[:8])
 @pytest.mark.parametrize(("dtype", "zp"), [(np.uint8, 128), (np.uint8, 0), (np.int8, -3)])
 def test_prequantized_conv2d(spec, dtype, zp):
     b_, c_in, h, w_, c_out, kh, kw, stride, padding, dilation, groups = spec
@@ -375,6 +379,41 @@ def test_bad_inputs_raise_value_error(call, message):
     packed, scales = pack_int4(np.ones((3, 4), np.int8)), np.ones(3, np.float32)
     with pytest.raises(ValueError, match=message):
         call(packed, scales)
+
+
+@needs_kernels
+@pytest.mark.parametrize("hw", [5, 12, 20])  # output rows under 16 (channels innermost) and over
+@pytest.mark.parametrize("kernel", [3, 5])  # 9 taps (int16 sums) and 25 (int32)
+def test_depthwise_is_exact(hw, kernel):
+    """Both depthwise forms give the exact integer sums and the float steps of the other paths:
+    float32(S) * scale, times the activation scale, plus the bias."""
+    rng = np.random.default_rng(hw * 10 + kernel)
+    b_, c, zp, x_scale = 2, 19, 131, np.float32(0.05)
+    xq = rng.integers(0, 256, size=(b_, c, hw, hw)).astype(np.uint8)
+    w, scales, bias = _conv_weights(rng, c, 1, kernel, kernel)
+    pad = kernel // 2
+    y = kernels.conv2d_int4_quantized(
+        xq,
+        float(x_scale),
+        zp,
+        pack_int4(w.reshape(c, -1)),
+        scales,
+        kernel_size=kernel,
+        bias=bias,
+        padding=pad,
+        groups=c,
+    )
+    xp = np.pad(xq.astype(np.int64) - zp, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    s = np.zeros((b_, c, hw, hw), np.int64)
+    for ky in range(kernel):
+        for kx in range(kernel):
+            s += (
+                w[None, :, 0, ky, kx, None, None].astype(np.int64)
+                * xp[:, :, ky : ky + hw, kx : kx + hw]
+            )
+    want = s.astype(np.float32) * scales[None, :, None, None]
+    want = want * x_scale + bias[None, :, None, None]
+    np.testing.assert_array_equal(y, want)
 
 
 @needs_kernels
