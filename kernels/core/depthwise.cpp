@@ -1,8 +1,9 @@
 // Depthwise convolution (groups == C_in == C_out) computed directly on the NCHW int8 planes:
 // each output plane is a small 2-D correlation of one input plane, so the general gather-and-
 // multiply path (one 1-column product per channel) would waste almost all of its work. Plain C++
-// that the compiler vectorizes along the output row; every Impl runs it, and the integer sums and
-// float steps are those of the general path, so both give the same bits.
+// that the compiler vectorizes: along the output row when rows are 16 or more wide, across the
+// channels (one image at a time, channels innermost) when they are narrower. Every Impl runs it,
+// and the integer sums and float steps are those of the general path, so all give the same bits.
 #include <algorithm>
 #include <vector>
 
