@@ -106,11 +106,13 @@ ZEROP_VNNI inline Vec<k512> splat8(char v) {
 // Zen 4 splits every 512-bit operation in two, so the arithmetic costs the same; what it saves
 // is half of the loads and instructions, and the hot GEMV ran 1.1-1.3x faster (session 7).
 template <bool kShiftHi, bool k512>
-ZEROP_VNNI __attribute__((always_inline)) inline void wide_products(const int8_t* a, const uint8_t* w, int64_t ldw, int64_t c0,
-                                     int64_t c1, __m256i (*lo)[8], __m256i (*hi)[8]) {
+ZEROP_VNNI __attribute__((always_inline)) inline void wide_products(
+    const int8_t* a, const uint8_t* w, int64_t ldw, int64_t c0, int64_t c1, __m256i (*lo)[8],
+    __m256i (*hi)[8]) {
   using V = Vec<k512>;
   const V m0f = splat8<k512>(0x0F), m08 = splat8<k512>(0x08);
-  const V mf0 = splat8<k512>(static_cast<char>(0xF0)), m80 = splat8<k512>(static_cast<char>(0x80));
+  const V mf0 = splat8<k512>(static_cast<char>(0xF0));
+  const V m80 = splat8<k512>(static_cast<char>(0x80));
   V l0, l1, l2, l3, l4, l5, l6, l7, h0, h1, h2, h3, h4, h5, h6, h7;
   if constexpr (k512) {  // 512-bit sums start at 0 and are folded into lo/hi at the end
     l0 = l1 = l2 = l3 = l4 = l5 = l6 = l7 = _mm512_setzero_si512();
@@ -194,13 +196,14 @@ ZEROP_VNNI __attribute__((always_inline)) inline void wide_products(const int8_t
   }
 }
 
-// wide_products over [c0, c1): pairs of chunks on 512-bit vectors, an odd last one on 256.
-template <bool kShiftHi>
-ZEROP_VNNI __attribute__((always_inline)) inline void wide_range(const int8_t* a, const uint8_t* w, int64_t ldw, int64_t c0,
-                                  int64_t c1, __m256i (*lo)[8], __m256i (*hi)[8]) {
+// wide_products with the high nibbles in place over [c0, c1): pairs of chunks on 512-bit
+// vectors, an odd last one on 256.
+ZEROP_VNNI __attribute__((always_inline)) inline void wide_range(
+    const int8_t* a, const uint8_t* w, int64_t ldw, int64_t c0, int64_t c1, __m256i (*lo)[8],
+    __m256i (*hi)[8]) {
   const int64_t mid = c0 + ((c1 - c0) & ~int64_t{1});
-  if (mid > c0) wide_products<kShiftHi, true>(a, w, ldw, c0, mid, lo, hi);
-  if (mid < c1) wide_products<kShiftHi, false>(a, w, ldw, mid, c1, lo, hi);
+  if (mid > c0) wide_products<false, true>(a, w, ldw, c0, mid, lo, hi);
+  if (mid < c1) wide_products<false, false>(a, w, ldw, mid, c1, lo, hi);
 }
 
 // Integer product of R activation rows with NC nibble-packed weight rows over chunks [c0, c1).
@@ -210,14 +213,15 @@ ZEROP_VNNI __attribute__((always_inline)) inline void wide_range(const int8_t* a
 // Inlined into its callers (with the 512-bit loop it grew past GCC's limit, and a call per group
 // made groups of 128 1.3x slower).
 template <int R, bool kSingle, int NC>
-ZEROP_VNNI __attribute__((always_inline)) inline void accumulate(const int8_t* a, int64_t lda, const uint8_t* w, int64_t ldw,
-                                  int64_t c0, int64_t c1, __m256i (*acc)[NC]) {
+ZEROP_VNNI __attribute__((always_inline)) inline void accumulate(
+    const int8_t* a, int64_t lda, const uint8_t* w, int64_t ldw, int64_t c0, int64_t c1,
+    __m256i (*acc)[NC]) {
   if (c1 - c0 <= 4) {
     if constexpr (R == 1 && NC == 8) {
       __m256i hi[1][8];
       for (int j = 0; j < 8; ++j) hi[0][j] = _mm256_setzero_si256();
-      wide_products<true, false>(a, w, ldw, c0, c1, acc, hi);  // folding 512-bit sums per group
-                                                                 // costs more than it saves
+      // 256 bits only: folding 512-bit sums per group cost more than it saved
+      wide_products<true, false>(a, w, ldw, c0, c1, acc, hi);
       for (int j = 0; j < 8; ++j) acc[0][j] = _mm256_add_epi32(acc[0][j], hi[0][j]);
     } else {
       chunk_products<R, NC, true>(a, lda, w, ldw, c0, c1, acc, acc);
@@ -231,7 +235,7 @@ ZEROP_VNNI __attribute__((always_inline)) inline void accumulate(const int8_t* a
     for (int r = 0; r < R; ++r)
       for (int j = 0; j < NC; ++j) hi[r][j] = _mm256_setzero_si256();
     if constexpr (R == 1 && NC == 8)
-      wide_range<false>(a, w, ldw, s0, std::min(c1, s0 + kFlush), acc, hi);
+      wide_range(a, w, ldw, s0, std::min(c1, s0 + kFlush), acc, hi);
     else
       chunk_products<R, NC, false>(a, lda, w, ldw, s0, std::min(c1, s0 + kFlush), acc, hi);
     for (int r = 0; r < R; ++r)
