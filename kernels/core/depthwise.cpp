@@ -43,13 +43,14 @@ void depthwise_row(const int16_t* plane, int64_t pw, const int32_t* wc, const Co
 // that the compiler vectorizes across channels instead of along rows of a few pixels. On
 // ShuffleNetV2's 4x4 to 16x16 planes the row form spent its time in loop overhead (4-10x slower
 // than onnxruntime fp32). Same integer sums, same float steps, so the same bits.
+// wt: the weights as [tap][channel].
 template <typename Acc>
 void depthwise_image_nhwc(const int8_t* x, uint8_t flip, float rs, int32_t a_offset,
-                          const ConvShape& s, const int32_t* w, const float* scales,
+                          const ConvShape& s, const int16_t* wt, const float* scales,
                           const float* bias, float* y) {
-  const int64_t oh = conv_out_h(s), ow = conv_out_w(s), taps = s.kh * s.kw, c_n = s.c_in;
+  const int64_t oh = conv_out_h(s), ow = conv_out_w(s), c_n = s.c_in;
   const int64_t ph = s.h + s.pad_top + s.pad_bottom, pw = s.w + s.pad_left + s.pad_right;
-  static thread_local std::vector<int16_t> xp, wt;
+  static thread_local std::vector<int16_t> xp;
   static thread_local std::vector<Acc> acc;
   static thread_local std::vector<float> out;
   xp.assign(static_cast<size_t>(ph * pw * c_n), 0);  // the padding holds the real value 0
@@ -63,9 +64,6 @@ void depthwise_image_nhwc(const int8_t* x, uint8_t flip, float rs, int32_t a_off
         dst[c] = static_cast<int16_t>(v - a_offset);
       }
     }
-  wt.resize(static_cast<size_t>(taps * c_n));  // [tap][channel]
-  for (int64_t c = 0; c < c_n; ++c)
-    for (int64_t k = 0; k < taps; ++k) wt[k * c_n + c] = static_cast<int16_t>(w[c * taps + k]);
   acc.resize(static_cast<size_t>(c_n));
   out.resize(static_cast<size_t>(oh * ow * c_n));  // [pixel][channel], then NCHW at the end
   Acc* const a = acc.data();
@@ -77,7 +75,7 @@ void depthwise_image_nhwc(const int8_t* x, uint8_t flip, float rs, int32_t a_off
         for (int64_t kx = 0; kx < s.kw; ++kx) {
           const int16_t* xv = xp.data() + ((oy * s.stride_h + ky * s.dil_h) * pw +
                                            ox * s.stride_w + kx * s.dil_w) * c_n;
-          const int16_t* wv = wt.data() + (ky * s.kw + kx) * c_n;
+          const int16_t* wv = wt + (ky * s.kw + kx) * c_n;
           for (int64_t c = 0; c < c_n; ++c) a[c] = static_cast<Acc>(a[c] + wv[c] * xv[c]);
         }
       for (int64_t c = 0; c < c_n; ++c) o[c] = conv_value(a[c], 0, scales[c], rs, bias, c);
@@ -100,14 +98,17 @@ void depthwise_direct(const int8_t* x, uint8_t flip, const float* img_scale, int
       w[c * taps + k] = static_cast<int32_t>(((k & 1) ? (byte >> 4) : (byte & 0x0F)) ^ 0x08) - 8;
     }
   if (ow < 16 && oh * ow <= 4096) {  // small planes: a task per image, channels innermost
+    std::vector<int16_t> wt(static_cast<size_t>(taps * c_n));  // [tap][channel], once per call
+    for (int64_t c = 0; c < c_n; ++c)
+      for (int64_t k = 0; k < taps; ++k) wt[k * c_n + c] = static_cast<int16_t>(w[c * taps + k]);
     parallel_for(s.batch, threads, [&](int64_t b) {
       const int8_t* xb = x + b * c_n * s.h * s.w;
       float* yb = y + b * c_n * oh * ow;
       if (taps <= 16)
-        depthwise_image_nhwc<int16_t>(xb, flip, img_scale[b], a_offset, s, w.data(), scales,
+        depthwise_image_nhwc<int16_t>(xb, flip, img_scale[b], a_offset, s, wt.data(), scales,
                                       bias, yb);
       else
-        depthwise_image_nhwc<int32_t>(xb, flip, img_scale[b], a_offset, s, w.data(), scales,
+        depthwise_image_nhwc<int32_t>(xb, flip, img_scale[b], a_offset, s, wt.data(), scales,
                                       bias, yb);
     });
     return;
