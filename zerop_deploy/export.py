@@ -26,6 +26,17 @@ Verified in onnxruntime 1.32 (CPU): QuantizeLinear/DequantizeLinear at opset 21 
 uint8 and int8 activations and per-axis int4/int8 weights (with or without zero point) reproduce
 :mod:`zerop_deploy.quant.primitives` bit for bit. One onnxruntime optimisation changes numerics:
 WeightBiasQuantization rounds a float bias to int32 (see :func:`integer_bias`).
+
+4-bit activation pairs with zero point 0 carry no zero-point input: QuantizeLinear names its type
+with ``output_dtype`` (opset 21) instead. onnxruntime's optimisers read a 4-bit zero-point input
+wrongly (ORT_4BIT_ZERO_POINT, onnxruntime 1.32, default session options): ClipQuantFusion refuses
+to load any Clip -> QuantizeLinear whose zero point is UINT4/INT4 ("Unexpected data type for
+QuantizeLinear input y_zero_point", so every ReLU6 network failed at W4A4), and ReluQuantFusion
+removes a Relu before an INT4 zero point 0, which changes the results. Without the input both
+fusions read the range correctly (a 4-bit range lies inside the uint8 range they then assume, so
+a Clip or Relu they remove was redundant). A non-zero 4-bit zero point (signed
+``--asymmetric-activations``) keeps its input; :func:`zerop_deploy.validate` loading the file
+before fine-tuning is what catches that case.
 """
 
 from __future__ import annotations
@@ -215,21 +226,28 @@ class _Rewriter:
         scale = self._init(
             numpy_helper.from_array(np.array(act.scale, np.float32), self.names(f"{x}_scale"))
         )
-        zp = self._init(
-            helper.make_tensor(self.names(f"{x}_zero_point"), qtype, [], [int(act.zero_point)])
-        )
         q_out, dq_out = self.names(f"{x}_quantized"), self.names(f"{x}_dequantized")
+        q_attrs: dict[str, int] = {}
+        if act.bits == 4 and int(act.zero_point) == 0:
+            # ORT_4BIT_ZERO_POINT: see the module docstring
+            q_inputs, q_attrs = [x, scale], {"output_dtype": qtype}
+        else:
+            zp = self._init(
+                helper.make_tensor(self.names(f"{x}_zero_point"), qtype, [], [int(act.zero_point)])
+            )
+            q_inputs = [x, scale, zp]
         self.before.setdefault(node.name, []).extend(
             [
                 helper.make_node(
                     "QuantizeLinear",
-                    [x, scale, zp],
+                    q_inputs,
                     [q_out],
                     name=self.names(f"{x}_QuantizeLinear"),
+                    **q_attrs,
                 ),
                 helper.make_node(
                     "DequantizeLinear",
-                    [q_out, scale, zp],
+                    [q_out, *q_inputs[1:]],
                     [dq_out],
                     name=self.names(f"{x}_DequantizeLinear"),
                 ),
