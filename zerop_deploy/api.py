@@ -111,8 +111,10 @@ def quantize(
         raise ConfigError(f"--min-agreement {min_agreement}: must be a fraction in [0, 1]")
     device = resolve_device(train.device)
     torch.manual_seed(train.seed)
+    from zerop_deploy._preflight import preflight, preflight_images
     from zerop_deploy._proxy import Sources, proxy_data
     from zerop_deploy._synthetic import for_quantize
+    from zerop_deploy.data import normalize
     from zerop_deploy.load import image_input_chw, load_model
 
     sources = Sources(data, train.seed)  # all opened and checked before any work
@@ -128,6 +130,10 @@ def quantize(
     loaded = load_model(src)
     proto, teacher = loaded.proto, loaded.module
     chw = image_input_chw(proto, str(src))
+    say("preflight: exporting a calibrated student and loading it in onnxruntime")
+    with torch.random.fork_rng(devices=[]):  # the run's random stream stays as it was
+        images = normalize(preflight_images(chw, train.seed), data.mean, data.std)
+        checked = preflight(teacher, proto, quant, images, str(src))
     proxy = proxy_data(data, teacher, proto, chw, train.seed, sources, say, progress)
     say(f"{len(proxy.train)} proxy images for training, {len(proxy.holdout)} held back")
     synth_cache = out.with_name(out.name + ".synth.npz")
@@ -167,6 +173,7 @@ def quantize(
     doc = header(src, out, quant, train, data, proxy, plan, device)
     doc["training"] = training_section(result, time.monotonic() - t_start)
     doc["training"]["processes"] = world
+    doc["preflight"] = checked
     doc.update(validation(proto, qproto, student, proxy, data, chw, sources))
     add_layer_sqnr(doc, teacher.cpu().eval(), student, proto, plan, proxy, data)
     if plot_layers is not None:

@@ -35,8 +35,8 @@ QuantizeLinear input y_zero_point", so every ReLU6 network failed at W4A4), and 
 removes a Relu before an INT4 zero point 0, which changes the results. Without the input both
 fusions read the range correctly (a 4-bit range lies inside the uint8 range they then assume, so
 a Clip or Relu they remove was redundant). A non-zero 4-bit zero point (signed
-``--asymmetric-activations``) keeps its input; :func:`zerop_deploy.validate` loading the file
-before fine-tuning is what catches that case.
+``--asymmetric-activations``) keeps its input, and is refused with an ExportError naming the node
+when a Clip or Relu produces the tensor.
 """
 
 from __future__ import annotations
@@ -191,6 +191,7 @@ class _Rewriter:
         self.names = g.NameMaker(g.all_names(self.graph))
         self.nodes = {n.name: n for n in self.graph.node}
         self.order = {n.name: i for i, n in enumerate(self.graph.node)}
+        self.producer = {out: n for n in self.graph.node for out in n.output}
 
     def apply(self, layers: list[LayerQuant]) -> None:
         """Rewrite every layer (in graph order, so shared pairs sit before their first reader)."""
@@ -232,6 +233,7 @@ class _Rewriter:
             # ORT_4BIT_ZERO_POINT: see the module docstring
             q_inputs, q_attrs = [x, scale], {"output_dtype": qtype}
         else:
+            self._check_zero_point_reader(node, x, act)
             zp = self._init(
                 helper.make_tensor(self.names(f"{x}_zero_point"), qtype, [], [int(act.zero_point)])
             )
@@ -255,6 +257,18 @@ class _Rewriter:
         )
         self.pairs[key] = dq_out
         return dq_out
+
+    def _check_zero_point_reader(self, node: onnx.NodeProto, x: str, act: ActQuant) -> None:
+        """Refuse a 4-bit zero-point input right after Clip/Relu (ORT_4BIT_ZERO_POINT)."""
+        producer = self.producer.get(x)
+        if act.bits == 4 and producer is not None and producer.op_type in ("Clip", "Relu"):
+            raise ExportError(
+                f"node '{node.name}': its input comes from {producer.op_type} "
+                f"'{producer.name}' and is quantized to 4 bits with zero point "
+                f"{act.zero_point}; onnxruntime cannot load (Clip) or miscomputes (Relu) that "
+                "pattern: drop --asymmetric-activations, or give this layer 8-bit activations "
+                "with --layer-config"
+            )
 
     def _weight(self, node: onnx.NodeProto, lq: LayerQuant) -> str:
         w = node.input[1]
