@@ -12,10 +12,12 @@ from zerop_deploy.convert import (  # noqa: F401  # noqa: F401
     convert_averagepool,
     convert_dropout,
     convert_gelu,
+    convert_layernormalization,
     convert_reducemax,
     convert_reducemean,
     convert_reducemin,
     convert_reshape,
     convert_split,
     convert_transpose,
+    convert_type_versions,
 )

@@ -1,0 +1,108 @@
+"""Converters for the op versions the TorchScript exporter writes at its newest opset (19-20).
+
+Each builds a small model, converts it and compares onnxruntime with PyTorch (or checks that a new
+option is refused by name).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from tests.helpers import assert_ort_matches_torch, one_node_model
+from zerop_deploy.errors import UnsupportedModelError
+from zerop_deploy.load import convert_model
+
+
+def _model(nodes, inits, x_shape, opset=20) -> onnx.ModelProto:
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 9
+    inferred = onnx.shape_inference.infer_shapes(model)
+    model.graph.output[0].CopyFrom(inferred.graph.output[0])
+    if not model.graph.output[0].type.tensor_type.HasField("shape"):
+        model.graph.output[0].type.tensor_type.shape.dim.add().dim_param = "d0"
+        del model.graph.output[0].type.tensor_type.shape.dim[:]
+    onnx.checker.check_model(model)
+    return model
+
+
+def test_constant_cast_shape_constantofshape_identity_equal_at_opset_20():
+    """The ops of a ReLU6 bound and of an attention mask, as the TorchScript exporter writes them."""
+    one = helper.make_tensor("one", TensorProto.FLOAT, [], [1.5])
+    nodes = [
+        helper.make_node("Constant", [], ["c"], value=one),
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("ConstantOfShape", ["s"], ["ones"], value=helper.make_tensor(
+            "v", TensorProto.FLOAT, [1], [2.0])),  # fmt: skip
+        helper.make_node("Identity", ["ones"], ["twos"]),
+        helper.make_node("Cast", ["x"], ["xc"], to=TensorProto.FLOAT),
+        helper.make_node("Equal", ["xc", "c"], ["eq"]),
+        helper.make_node("Mul", ["xc", "twos"], ["m"]),
+        helper.make_node("Where", ["eq", "c", "m"], ["y"]),
+    ]
+    assert_ort_matches_torch(_model(nodes, {}, [2, 3, 4]))
+
+
+@pytest.mark.parametrize("opset", [18, 19])
+def test_pad18_19_constant_and_reflect(opset):
+    for mode in ("constant", "reflect"):
+        model = one_node_model(
+            "Pad", {"x": (1, 2, 5, 5)}, None, opset=opset, attrs={"mode": mode},
+            initializers={"pads": np.array([0, 0, 1, 2, 0, 0, 2, 1], np.int64)},
+        )  # fmt: skip
+        assert_ort_matches_torch(model)
+
+
+def test_pad19_wrap_is_refused_by_name():
+    model = one_node_model(
+        "Pad", {"x": (1, 2, 5, 5)}, None, opset=19, attrs={"mode": "wrap"},
+        initializers={"pads": np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64)},
+    )  # fmt: skip
+    with pytest.raises(UnsupportedModelError, match="wrap"):
+        convert_model(model)
+
+
+def test_scatternd18():
+    nodes = [helper.make_node("ScatterND", ["x", "idx", "upd"], ["y"])]
+    inits = {"idx": np.array([[1], [3]], np.int64), "upd": np.ones((2, 5), np.float32) * 7}
+    assert_ort_matches_torch(_model(nodes, inits, [4, 5], opset=18))
+
+
+@pytest.mark.parametrize("opset", [18, 19])
+def test_resize18_19_nearest(opset):
+    nodes = [helper.make_node("Resize", ["x", "", "scales"], ["y"], mode="nearest")]
+    inits = {"scales": np.array([1, 1, 2, 2], np.float32)}
+    assert_ort_matches_torch(_model(nodes, inits, [1, 2, 3, 3], opset=opset))
+
+
+def test_resize18_antialias_is_refused_by_name():
+    nodes = [helper.make_node("Resize", ["x", "", "scales"], ["y"], mode="linear", antialias=1)]
+    inits = {"scales": np.array([1, 1, 0.5, 0.5], np.float32)}
+    with pytest.raises(UnsupportedModelError, match="antialias"):
+        convert_model(_model(nodes, inits, [1, 2, 8, 8], opset=18))
+
+
+def test_layernorm_after_a_reshape_of_unknown_shape():
+    """Swin/MaxViT window attention: the LayerNorm input's shape is computed at run time."""
+    rng = np.random.default_rng(0)
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("Reshape", ["x", "s"], ["r"]),
+        helper.make_node("LayerNormalization", ["r", "scale", "bias"], ["y"], axis=-1),
+    ]
+    inits = {"scale": rng.standard_normal(6).astype(np.float32),
+             "bias": rng.standard_normal(6).astype(np.float32)}  # fmt: skip
+    model = _model(nodes, inits, [2, 4, 6], opset=17)
+    inferred = onnx.shape_inference.infer_shapes(model)
+    r = next(v for v in inferred.graph.value_info if v.name == "r")
+    assert not any(d.dim_value for d in r.type.tensor_type.shape.dim)  # onnx2torch's failing case
+    assert_ort_matches_torch(model)
