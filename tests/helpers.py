@@ -109,3 +109,38 @@ def with_external_data(folder: Path, location: str) -> tuple[Path, bytes]:
     path.parent.mkdir(exist_ok=True)
     onnx.save(model, str(path))
     return path, w.tobytes()
+
+
+def log_of_one_minus_input_model() -> onnx.ModelProto:
+    """Finite weights and finite on inputs in [0, 1), but -inf on a white pixel (x = 1).
+
+    ``Sub(1, x) -> Log -> Conv -> GlobalAveragePool -> Flatten -> Gemm``, nodes ``sub_a``,
+    ``log_b``, ``conv_c``, ``gap``, ``flat``, ``fc``; input ``x`` 1 x 3 x 16 x 16. Random inputs
+    (the load parity check) stay finite; real images with a 255 pixel do not.
+    """
+    rng = np.random.default_rng(0)
+    inits = {
+        "one": np.ones(1, np.float32),
+        "w": rng.normal(size=(4, 3, 3, 3)).astype(np.float32),
+        "fc_w": rng.normal(size=(4, 4)).astype(np.float32),
+        "fc_b": np.zeros(4, np.float32),
+    }
+    nodes = [
+        helper.make_node("Sub", ["one", "x"], ["a"], name="sub_a"),
+        helper.make_node("Log", ["a"], ["b"], name="log_b"),
+        helper.make_node("Conv", ["b", "w"], ["c"], name="conv_c", pads=[1, 1, 1, 1]),
+        helper.make_node("GlobalAveragePool", ["c"], ["g"], name="gap"),
+        helper.make_node("Flatten", ["g"], ["f"], name="flat"),
+        helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["y"], name="fc", transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        [numpy_helper.from_array(v, n) for n, v in inits.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model

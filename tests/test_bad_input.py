@@ -25,7 +25,7 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
-from tests.helpers import small_cnn, with_external_data
+from tests.helpers import log_of_one_minus_input_model, small_cnn, with_external_data
 from zerop_deploy.cli import main
 
 Case = Callable[[Path], tuple[list[str], str]]
@@ -186,6 +186,27 @@ def _external(location: str, *, write: int | None = None, outside: bool = False)
     return case
 
 
+def _weight(name: str, value: float, needle: str) -> Case:
+    """small_cnn with ``value`` written into two entries of its initializer ``name``."""
+
+    def case(d):
+        m = small_cnn()
+        t = next(t for t in m.graph.initializer if t.name == name)
+        a = numpy_helper.to_array(t).copy()
+        a.reshape(-1)[:2] = value
+        t.CopyFrom(numpy_helper.from_array(a, name))
+        return _quantize(d, _model(d, m)), needle
+
+    return case
+
+
+def _nonfinite_on_images(d):
+    # finite weights, finite on the random inputs of the load and preflight checks, but -inf on
+    # the white pixels real images have: refused at the first pass over the proxy images
+    m = log_of_one_minus_input_model()
+    return _quantize(d, _model(d, m)), "proxy images: node 'log_b' (Log) is the first"
+
+
 # --- images ----------------------------------------------------------------------------------
 
 
@@ -340,6 +361,10 @@ CASES: dict[str, Case] = {
     "external-parent-dir": _external("../outside.bin", outside=True),
     "external-absolute": _external("/etc/passwd"),
     "external-symlink-out": _external("link.bin", outside=True),
+    "weights-nan": _weight("0.weight", np.nan, "'0.weight' holds 2 NaN values"),
+    "weights-inf": _weight("8.weight", -np.inf, "'8.weight' holds 2 infinite values"),
+    "batchnorm-negative-variance": _weight("1.running_var", -1.0, "2 negative values"),
+    "nonfinite-on-real-images": _nonfinite_on_images,
     # image sources
     "folder-empty": _folder(_nothing, "imgs"),
     "folder-special-entries": _folder(_special_entries, "imgs"),

@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import click
 import numpy as np
 import onnx
 import pytest
@@ -143,3 +144,33 @@ def test_onnxruntime_failure_is_one_line_in_a_real_process(tmp_path, cnn_bn):
     )
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "onnxruntime" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_an_unexpected_exception_is_one_line_and_exit_70_never_the_gate_code_1(
+    tmp_path, cnn_bn, monkeypatch
+):
+    # a ValueError from deep inside used to escape as a traceback and exit 1, the code that
+    # means "a quality gate failed" to a release pipeline
+    def boom(_path):
+        raise ValueError("activation scale must be positive and finite, got nan")
+
+    p = tmp_path / "m.onnx"
+    onnx.save(cnn_bn, str(p))
+    monkeypatch.setattr("zerop_deploy.summary.inspect_model", boom)
+    code, out, err = run("inspect", str(p))
+    assert code == 70 and out == "" and err.count("\n") == 1 and "Traceback" not in err
+    assert "internal error (ValueError: activation scale must be positive and finite" in err
+    monkeypatch.setenv("ZEROP_DEPLOY_DEBUG", "1")
+    code, _, err = run("inspect", str(p))
+    assert code == 70 and "Traceback" in err
+
+
+def test_a_click_exception_is_exit_2_not_1(tmp_path, cnn_bn, monkeypatch):
+    def refuse(_path):
+        raise click.ClickException("cannot use this")  # click's own default exit code is 1
+
+    p = tmp_path / "m.onnx"
+    onnx.save(cnn_bn, str(p))
+    monkeypatch.setattr("zerop_deploy.summary.inspect_model", refuse)
+    code, _, err = run("inspect", str(p))
+    assert code == 2 and "cannot use this" in err

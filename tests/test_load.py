@@ -165,3 +165,116 @@ def test_a_graph_listed_out_of_order_is_sorted_in_memory(tmp_path):
     before = p.read_bytes()
     assert [n.name for n in read_model(p).graph.node] == ["first", "second"]
     assert p.read_bytes() == before
+
+
+def _changed(model, name, change):
+    """A copy of ``model`` whose initializer ``name`` went through ``change(array)`` in place."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    t = next(t for t in m.graph.initializer if t.name == name)
+    a = numpy_helper.to_array(t).copy()
+    change(a)
+    t.CopyFrom(numpy_helper.from_array(a, name))
+    return m
+
+
+def _set(index, value):
+    def change(a):
+        a.reshape(-1)[index] = value
+
+    return change
+
+
+@pytest.mark.parametrize(
+    "name, change, needle",
+    [
+        (
+            "0.weight",
+            _set(slice(0, 3), np.nan),
+            "initializer '0.weight' holds 3 NaN values (of 216), read by node '/0/Conv' (Conv)",
+        ),
+        (
+            "8.weight",
+            _set(0, np.inf),
+            "initializer '8.weight' holds 1 infinite value (of 32), the input 'B' of node "
+            "'/8/Gemm' (Gemm)",
+        ),
+        (
+            "1.running_mean",
+            _set(1, -np.inf),
+            "initializer '1.running_mean' holds 1 infinite value (of 8), the input 'input_mean' of "
+            "node '/1/BatchNormalization' (BatchNormalization)",
+        ),
+        (
+            "1.running_var",
+            _set(slice(0, 2), -0.5),
+            "initializer '1.running_var' holds 2 negative values (of 8), the variance input "
+            "'input_var' of node '/1/BatchNormalization' (BatchNormalization)",
+        ),
+    ],
+    ids=["nan-conv-weight", "inf-gemm-weight", "inf-bn-mean", "negative-bn-var"],
+)
+def test_weights_that_are_not_finite_are_refused_at_load(tmp_path, cnn_bn, name, change, needle):
+    p = _save(_changed(cnn_bn, name, change), tmp_path / "w.onnx")
+    with pytest.raises(InputError) as err:
+        load_model(p)
+    msg = str(err.value)
+    assert msg.startswith(f"{p}: ") and needle in msg and "\n" not in msg
+    assert msg.endswith("re-export the model from a checkpoint with finite weights")
+
+
+def _graph(nodes, inits=(), x=(1, 3, 4, 4), y=(1, 3, 4, 4)):
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(y))],
+        [numpy_helper.from_array(np.asarray(v, np.float32), n) for n, v in inits],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def test_nan_in_any_constant_is_refused_naming_the_node_that_reads_it(tmp_path):
+    nan = numpy_helper.from_array(np.array([0.0, np.nan, 1.0], np.float32).reshape(1, 3, 1, 1))
+    model = _graph(
+        [
+            helper.make_node("Constant", [], ["c"], name="offsets", value=nan),
+            helper.make_node("Add", ["x", "c"], ["y"], name="add_offsets"),
+        ]
+    )
+    with pytest.raises(InputError, match="Constant node 'offsets' holds 1 NaN value") as err:
+        load_model(_save(model, tmp_path / "c.onnx"))
+    assert "read by node 'add_offsets' (Add)" in str(err.value)
+
+
+def test_an_infinite_weight_is_found_through_a_transpose(tmp_path):
+    w = np.ones((4, 8), np.float32)
+    w[2, 3] = np.inf
+    model = _graph(
+        [
+            helper.make_node("Transpose", ["w"], ["wt"], name="wt", perm=[1, 0]),
+            helper.make_node("MatMul", ["x", "wt"], ["y"], name="mm"),
+        ],
+        [("w", w)],
+        x=(2, 8),
+        y=(2, 4),
+    )
+    with pytest.raises(InputError, match="the input 'B' of node 'mm' \\(MatMul\\)"):
+        load_model(_save(model, tmp_path / "t.onnx"))
+
+
+def test_infinite_bounds_and_masks_are_legitimate(tmp_path):
+    # Clip without a lower bound and a running-maximum start value: infinities by design
+    minus_inf = numpy_helper.from_array(np.full((1, 1, 1, 4), -np.inf, np.float32))
+    model = _graph(
+        [
+            helper.make_node("Clip", ["x", "lo", "hi"], ["a"], name="clip"),
+            helper.make_node("Constant", [], ["start"], name="start", value=minus_inf),
+            helper.make_node("Max", ["a", "start"], ["y"], name="max"),
+        ],
+        [("lo", np.float32(-np.inf)), ("hi", np.float32(6.0))],
+    )
+    loaded = load_model(_save(model, tmp_path / "ok.onnx"))
+    assert loaded.parity is not None and loaded.parity.max_abs_diff < 1e-6

@@ -20,7 +20,8 @@ def _folder(tmp_path, n=30):
 
 def test_big_sets_are_streamed_and_small_ones_held(tmp_path):
     d = _folder(tmp_path)
-    kw = dict(teacher=None, proto=None, chw=(3, 8, 8), seed=0)
+    # the teacher only runs once on the first images (a finiteness check): any module does
+    kw = dict(teacher=torch.nn.Identity(), proto=None, chw=(3, 8, 8), seed=0)
     cfg = DataConfig(proxy=str(d), holdout=0.2)
     held = proxy_data(cfg, sources=Sources(cfg, 0), **kw)
     assert isinstance(held.train, torch.Tensor) and held.section["streamed"] is False
@@ -84,3 +85,22 @@ def test_auto_shows_a_bar_over_the_candidates_on_a_terminal(tmp_path, cnn_bn, mo
     got = proxy_data(cfg, teacher, cnn_bn, (3, 16, 16), 0, Sources(cfg, 0), progress=True)
     assert got.section["method"] == "bns" and len(got.section["ranking"]) == 2
     assert "scoring candidates" in err.getvalue() and "2/2" in err.getvalue()
+
+
+def test_a_model_that_computes_nan_on_the_proxy_images_is_refused_before_training(tmp_path):
+    import pytest
+
+    from tests.helpers import log_of_one_minus_input_model
+    from zerop_deploy.errors import InputError
+    from zerop_deploy.load import convert_model
+
+    proto = log_of_one_minus_input_model()  # -inf on a 255 pixel
+    teacher = convert_model(proto)
+    d = tmp_path / "red"
+    d.mkdir()
+    for i in range(20):
+        Image.new("RGB", (12, 12), color=(255, i * 8, 100)).save(d / f"{i:03d}.png")
+    for max_pool_bytes in (256 << 20, 1000):  # held and streamed
+        cfg = DataConfig(proxy=str(d), max_pool_bytes=max_pool_bytes)
+        with pytest.raises(InputError, match=r"proxy images: node 'log_b' \(Log\) is the first"):
+            proxy_data(cfg, teacher, proto, (3, 16, 16), 0, Sources(cfg, 0))

@@ -2,9 +2,12 @@
 
 import numpy as np
 import onnx
+import pytest
 import torch
 
+from tests.helpers import log_of_one_minus_input_model
 from zerop_deploy.config import LayerOverride, QuantConfig
+from zerop_deploy.errors import InputError
 from zerop_deploy.load import convert_model
 from zerop_deploy.quant.calibrate import (
     calibrate_activations,
@@ -51,6 +54,18 @@ def test_plan_bits_first_last_and_overrides(cnn_bn):
     assert [(p.wbits, p.abits) for p in plan[:2]] == [(4, 4), (8, 4)]
     assert plan[2].skipped == "override: skip"
     assert len(quant_layers(student)) == 2
+
+
+def test_calibration_refuses_nan_naming_the_onnx_node_where_it_starts():
+    proto = log_of_one_minus_input_model()
+    _, student, _ = _student(proto)
+    white = torch.rand(2, 3, 16, 16) * 0.5
+    white[1, :, 3, 4] = 1.0  # log(1 - 1) = -inf
+    with pytest.raises(InputError) as err:
+        calibrate_activations(student, [torch.rand(2, 3, 16, 16) * 0.5, white])
+    assert "NaN or Inf on the images it is calibrated on: node 'log_b' (Log) is the first" in str(
+        err.value
+    )
 
 
 def test_activation_sign_follows_the_graph(cnn_bn):

@@ -98,7 +98,9 @@ def proxy_data(
         chosen=", ".join(s.name for s in chosen), total_images=sum(s.count for s in chosen)
     )
     if sum(counts) * per_image > data.max_pool_bytes:
-        return _streamed(chosen, counts, chw, data, seed, section)
+        proxy = _streamed(chosen, counts, chw, data, seed, section)
+        _check_finite(teacher, proto, proxy.train[:16], data)
+        return proxy
     pools = [load_pool(s, chw, limit=c, seed=seed) for s, c in zip(chosen, counts, strict=True)]
     x = torch.cat([p.images for p in pools])
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
@@ -109,7 +111,29 @@ def proxy_data(
         skipped_files=sum(p.skipped for p in pools),
         streamed=False,
     )
+    _check_finite(teacher, proto, x[perm[n_hold:]][:16], data)
     return ProxyData(x[perm[n_hold:]], x[perm[:n_hold]], section)
+
+
+def _check_finite(teacher: nn.Module, proto: onnx.ModelProto, images, data: DataConfig) -> None:
+    """Refuse a model that computes NaN or Inf on the first proxy images, before any long work.
+
+    Raises:
+        InputError: Naming the first ONNX node whose output is not finite
+            (:func:`zerop_deploy.quant.finite.nonfinite_error`).
+    """
+    from zerop_deploy.data import normalize
+    from zerop_deploy.quant.finite import all_finite, nonfinite_error, onnx_nodes
+    from zerop_deploy.stats import module_device
+
+    if not len(images):
+        return
+    x = normalize(images, data.mean, data.std).to(module_device(teacher))
+    with torch.no_grad():
+        y = teacher(x)
+    if not all_finite(y):
+        nodes = onnx_nodes(proto)
+        raise nonfinite_error(teacher, x, what=f"{len(x)} proxy images", nodes=nodes)
 
 
 class StreamedImages:

@@ -1,13 +1,15 @@
 """The ``zerop-deploy`` command line: thin click wrappers over the package's functions.
 
 Exit codes (DESIGN.md): 0 success; 1 a quality gate failed; 2 bad input or usage, reported as one
-line
-on stderr without a traceback. ``--json`` prints one JSON document on stdout and nothing else there.
+line on stderr without a traceback; 70 an unexpected exception (a bug), also one line. ``--json``
+prints one JSON document on stdout and nothing else there.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,10 @@ from zerop_deploy.cli_quantize import quantize_cmd
 from zerop_deploy.config import SynthConfig
 from zerop_deploy.errors import QualityGateError, ZeropError
 
+INTERNAL_ERROR = 70
+"""Exit code of an unexpected exception (a bug; sysexits' EX_SOFTWARE), so that 1 stays the
+quality gates' and 2 bad input's."""
+
 
 class _Cli(click.Group):
     """A click group that turns every expected error into one line on stderr and an exit code."""
@@ -45,12 +51,20 @@ class _Cli(click.Group):
         except click.UsageError as e:
             where = f"{e.ctx.command_path}: " if e.ctx is not None else ""
             fail(f"{where}{e.format_message()} (see --help)", 2)
-        except click.ClickException as e:
-            fail(e.format_message(), e.exit_code)
+        except click.ClickException as e:  # exit 1 is the quality gates' alone
+            fail(e.format_message(), 2 if e.exit_code == 1 else e.exit_code)
         except click.exceptions.Abort:
             fail("interrupted", 130)
         except KeyboardInterrupt as e:
             fail("interrupted", interrupted_code(e))
+        except Exception as e:  # noqa: BLE001 - a bug: one line and its own exit code, never 1
+            if os.environ.get("ZEROP_DEPLOY_DEBUG"):
+                traceback.print_exc()
+            fail(
+                f"internal error ({type(e).__name__}: {e}); this is a bug in {PROG}, please "
+                "report it with the command line (ZEROP_DEPLOY_DEBUG=1 prints the traceback)",
+                INTERNAL_ERROR,
+            )
         sys.exit(rv if isinstance(rv, int) else 0)
 
 

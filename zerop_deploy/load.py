@@ -25,7 +25,11 @@ from google.protobuf.message import DecodeError
 from onnx import external_data_helper
 
 from zerop_deploy._graph_order import check_order
-from zerop_deploy._tensor_checks import check_tensor_sizes, graph_constants
+from zerop_deploy._tensor_checks import (
+    check_finite_constants,
+    check_tensor_sizes,
+    graph_constants,
+)
 from zerop_deploy.errors import InputError, UnsupportedModelError, ValidationError
 
 if TYPE_CHECKING:
@@ -459,7 +463,8 @@ def load_model(path: str | os.PathLike[str], *, parity: bool = True, seed: int =
         :func:`ensure_node_names`).
 
     Raises:
-        InputError: The file cannot be used.
+        InputError: The file cannot be used, or a weight holds NaN or Inf
+            (:func:`~zerop_deploy._tensor_checks.check_finite_constants`).
         UnsupportedModelError: No converter, or the conversion disagrees with onnxruntime.
         ValidationError: onnxruntime cannot run the model.
     """
@@ -467,6 +472,7 @@ def load_model(path: str | os.PathLike[str], *, parity: bool = True, seed: int =
 
     p = Path(path)
     proto = ensure_node_names(prepare_for_onnx2torch(read_model(p)))
+    check_finite_constants(proto, str(p))
     module = convert_model(proto, source=str(p))
     result = check_parity(proto, module, model_path=p, seed=seed) if parity else None
     if result is not None and result.relative_diff > PARITY_TOLERANCE:

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 
 import torch
 
+from zerop_deploy.quant.finite import all_finite, nonfinite_error
 from zerop_deploy.quant.modules import ActQuantizer, QuantLayer, float_mode, quant_layers
 from zerop_deploy.quant.primitives import fake_quantize
 
@@ -97,15 +98,24 @@ def calibrate_activations(student: torch.nn.Module, batches: Iterable[torch.Tens
 
     Returns:
         The number of images seen.
+
+    Raises:
+        InputError: The model computes NaN or Inf on a batch (its output or a quantized layer's
+            input); names the ONNX node where it starts (from the ``"onnx_nodes"`` entry of the
+            student's ``meta``, which :func:`~zerop_deploy.quant.student.build_student` sets).
     """
     quantizers = _act_quantizers(student)
     for q in quantizers:
         q.observed = []
     seen = 0
+    nodes = getattr(student, "meta", {}).get("onnx_nodes")
     try:
         with float_mode(student):
             for x in batches:
-                student(x)
+                y = student(x)
+                if not all_finite([y, *(q.observed[-1:] for q in quantizers)]):
+                    what = "the images it is calibrated on"
+                    raise nonfinite_error(student, x, what=what, nodes=nodes)
                 seen += len(x)
     finally:
         for q in quantizers:

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from zerop_deploy.config import QuantConfig
+from zerop_deploy.quant.finite import onnx_nodes
 from zerop_deploy.quant.graph import (
     bn_parameters,
     conv_bn_pairs,
@@ -126,6 +127,7 @@ def build_student(
         for n in proto.graph.node
         if n.op_type in QUANTIZABLE_OPS and len(n.input) > 1 and n.input[1] in consts
     ]
+    student.meta["onnx_nodes"] = onnx_nodes(proto)  # calibration names the node of a NaN
     edges = {candidates[0], candidates[-1]} if candidates else set()  # first and last layer
     plan = []
     for name in candidates:
