@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import io
+import json
 import os
 import pickle
 import zipfile
@@ -207,6 +208,14 @@ def _nonfinite_on_images(d):
     return _quantize(d, _model(d, m)), "proxy images: node 'log_b' (Log) is the first"
 
 
+def _layer_config(layers: dict, needle: str) -> Case:
+    def case(d):
+        (d / "layers.json").write_text(json.dumps({"layers": layers}))
+        return _quantize(d, _model(d), "--layer-config", str(d / "layers.json")), needle
+
+    return case
+
+
 # --- images ----------------------------------------------------------------------------------
 
 
@@ -365,6 +374,14 @@ CASES: dict[str, Case] = {
     "weights-inf": _weight("8.weight", -np.inf, "'8.weight' holds 2 infinite values"),
     "batchnorm-negative-variance": _weight("1.running_var", -1.0, "2 negative values"),
     "nonfinite-on-real-images": _nonfinite_on_images,
+    "layer-config-unknown-node": _layer_config(
+        {"/0/Conv_": {"wbits": 8}},
+        "--layer-config: the model has no node '/0/Conv_'; did you mean '/0/Conv'",
+    ),
+    "layer-config-not-quantizable": _layer_config(
+        {"/1/BatchNormalization": {"skip": True}},
+        "node '/1/BatchNormalization' is a BatchNormalization, not a quantizable layer",
+    ),
     # image sources
     "folder-empty": _folder(_nothing, "imgs"),
     "folder-special-entries": _folder(_special_entries, "imgs"),

@@ -7,7 +7,7 @@ import torch
 
 from tests.helpers import log_of_one_minus_input_model
 from zerop_deploy.config import LayerOverride, QuantConfig
-from zerop_deploy.errors import InputError
+from zerop_deploy.errors import ConfigError, InputError
 from zerop_deploy.load import convert_model
 from zerop_deploy.quant.calibrate import (
     calibrate_activations,
@@ -18,7 +18,12 @@ from zerop_deploy.quant.calibrate import (
 from zerop_deploy.quant.graph import conv_bn_pairs, nonnegative_values
 from zerop_deploy.quant.modules import QuantConv, float_mode, quant_layers
 from zerop_deploy.quant.primitives import fake_quantize
-from zerop_deploy.quant.student import build_student, fold_bn_into_conv, layer_quants
+from zerop_deploy.quant.student import (
+    build_student,
+    check_layer_names,
+    fold_bn_into_conv,
+    layer_quants,
+)
 
 
 def _student(proto, **kw):
@@ -54,6 +59,24 @@ def test_plan_bits_first_last_and_overrides(cnn_bn):
     assert [(p.wbits, p.abits) for p in plan[:2]] == [(4, 4), (8, 4)]
     assert plan[2].skipped == "override: skip"
     assert len(quant_layers(student)) == 2
+
+
+@pytest.mark.parametrize(
+    "name, needle",
+    [
+        ("/0/conv", "the model has no node '/0/conv'; did you mean '/0/Conv', '/3/Conv'?"),
+        ("/1/BatchNormalization", "node '/1/BatchNormalization' is a BatchNormalization, not a"),
+        ("classifier.weight", "no node 'classifier.weight'; `zerop-deploy inspect MODEL` lists"),
+    ],
+)
+def test_overrides_of_nodes_that_are_not_quantizable_layers_are_refused(cnn_bn, name, needle):
+    # a misspelt layer used to be ignored silently: the run went on with the default bits
+    config = QuantConfig(overrides={"/3/Conv": LayerOverride(wbits=8), name: LayerOverride()})
+    with pytest.raises(ConfigError) as err:
+        build_student(convert_model(cnn_bn), cnn_bn, config)
+    msg = str(err.value)
+    assert msg.startswith("--layer-config: ") and needle in msg and "\n" not in msg
+    check_layer_names(cnn_bn, QuantConfig(overrides={"/3/Conv": LayerOverride(wbits=8)}))
 
 
 def test_calibration_refuses_nan_naming_the_onnx_node_where_it_starts():

@@ -15,6 +15,7 @@ plan.
 from __future__ import annotations
 
 import copy
+import difflib
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +24,7 @@ import torch
 from torch import nn
 
 from zerop_deploy.config import QuantConfig
+from zerop_deploy.errors import ConfigError
 from zerop_deploy.quant.finite import onnx_nodes
 from zerop_deploy.quant.graph import (
     bn_parameters,
@@ -114,6 +116,10 @@ def build_student(
     Returns:
         ``(student, plan)``: the student (training mode off, quantizers uninitialised) and one
         :class:`LayerPlan` per quantizable node, skipped ones included with their reason.
+
+    Raises:
+        ConfigError: ``config.overrides`` names a node that is no quantizable node of ``proto``
+            (:func:`check_layer_names`).
     """
     student = copy.deepcopy(teacher).eval()
     node_of = module_node_names(proto)
@@ -121,12 +127,8 @@ def build_student(
     nodes = {n.name: n for n in proto.graph.node}
     bn_of = conv_bn_pairs(proto) if config.fold_bn else {}
     nonneg = nonnegative_values(proto)
-    consts = constant_tensors(proto.graph)
-    candidates = [
-        n.name
-        for n in proto.graph.node
-        if n.op_type in QUANTIZABLE_OPS and len(n.input) > 1 and n.input[1] in consts
-    ]
+    candidates = quantizable_nodes(proto)
+    check_layer_names(proto, config, candidates)
     student.meta["onnx_nodes"] = onnx_nodes(proto)  # calibration names the node of a NaN
     edges = {candidates[0], candidates[-1]} if candidates else set()  # first and last layer
     plan = []
@@ -153,6 +155,55 @@ def build_student(
         plan.append(LayerPlan(name, node.op_type, mname, bits[0], bits[1], act.signed, folded))
     student.recompile()
     return student, plan
+
+
+def quantizable_nodes(proto: onnx.ModelProto) -> list[str]:
+    """Names of the nodes the student quantizes, in graph order.
+
+    Conv, ConvTranspose, Gemm and MatMul nodes whose second input (the weight) is a constant.
+    """
+    consts = constant_tensors(proto.graph)
+    return [
+        n.name
+        for n in proto.graph.node
+        if n.op_type in QUANTIZABLE_OPS and len(n.input) > 1 and n.input[1] in consts
+    ]
+
+
+def check_layer_names(
+    proto: onnx.ModelProto, config: QuantConfig, quantizable: list[str] | None = None
+) -> None:
+    """Refuse per-layer overrides that name no quantizable node (a typo is never ignored).
+
+    Args:
+        proto: The model.
+        config: Its quantization settings; ``config.overrides`` is checked.
+        quantizable: :func:`quantizable_nodes` of ``proto``, when already computed.
+
+    Raises:
+        ConfigError: Naming ``--layer-config``, the name, and the closest quantizable node names,
+            or the op of a node that exists but is not quantizable.
+    """
+    quantizable = quantizable_nodes(proto) if quantizable is None else quantizable
+    known = set(quantizable)
+    ops = {n.name: n.op_type for n in proto.graph.node}
+    for name in config.overrides:
+        if name in known:
+            continue
+        if name in ops:
+            why = (
+                f"node '{name}' is a {ops[name]}, not a quantizable layer (Conv, ConvTranspose, "
+                "Gemm or MatMul with a constant weight)"
+            )
+        else:
+            why = f"the model has no node '{name}'"
+        close = difflib.get_close_matches(name, quantizable, n=3, cutoff=0.5)
+        hint = (
+            f"did you mean {', '.join(repr(c) for c in close)}?"
+            if close
+            else "`zerop-deploy inspect MODEL` lists the quantizable nodes"
+        )
+        raise ConfigError(f"--layer-config: {why}; {hint}")
 
 
 def _quant_layer(
