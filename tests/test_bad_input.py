@@ -28,6 +28,7 @@ from PIL import Image
 
 from tests.helpers import log_of_one_minus_input_model, small_cnn, with_external_data
 from zerop_deploy.cli import main
+from zerop_deploy.fileio import output_lock
 
 Case = Callable[[Path], tuple[list[str], str]]
 """``case(folder) -> (command line, text the error line must contain)``."""
@@ -509,3 +510,16 @@ def test_disk_full_while_writing_keeps_only_the_checkpoint(tmp_path, monkeypatch
     # the finished fine-tuning is kept for --resume; nothing else was added or changed
     assert set(after) - set(before) == {"out/m.int4.onnx.ckpt"}, sorted(set(after) - set(before))
     assert {k: after[k] for k in before} == before and "--resume" in err
+
+
+@pytest.mark.parametrize("command", ["quantize", "synth"])
+def test_a_second_run_on_an_output_being_written_is_refused(tmp_path, command):
+    # two runs on one output used to share its checkpoint and temp files: one of them failed late
+    out = tmp_path / "out" / "m.int4.onnx"
+    args = _quantize(tmp_path, _model(tmp_path))
+    if command == "synth":
+        args = ["synth", args[1], "-n", "4", "--iterations", "1", "-o", str(out)]
+    with output_lock(out):
+        err = check_refused(tmp_path, args, f"{out}: another zerop-deploy run is writing this")
+    assert f"(pid {os.getpid()}); wait for it to finish or choose another -o" in err
+    assert list((tmp_path / "out").iterdir()) == []  # the lock went with the first run

@@ -174,3 +174,47 @@ def test_a_click_exception_is_exit_2_not_1(tmp_path, cnn_bn, monkeypatch):
     monkeypatch.setattr("zerop_deploy.summary.inspect_model", refuse)
     code, _, err = run("inspect", str(p))
     assert code == 2 and "cannot use this" in err
+
+
+def test_quantize_refuses_an_output_another_process_is_writing(tmp_path, cnn_bn):
+    out = tmp_path / "m.int4.onnx"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_LOCK, str(out)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        onnx.save(cnn_bn, str(tmp_path / "m.onnx"))
+        np.savez(tmp_path / "x.npz", images=np.zeros((4, 16, 16, 3), np.uint8))
+        args = ["--proxy", str(tmp_path / "x.npz"), "-o", str(out), "--steps", "1", "--quiet"]
+        code, _, err = run("quantize", str(tmp_path / "m.onnx"), *args)
+        assert code == 2 and err.count("\n") == 1, err
+        assert f"another zerop-deploy run is writing this output (pid {holder.pid})" in err
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["m.onnx", "x.npz"]  # lock removed
+
+
+_HOLD_LOCK = """
+import sys
+from zerop_deploy.fileio import output_lock
+with output_lock(sys.argv[1]):
+    print("locked", flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_a_finished_quantize_leaves_no_lock_file(tmp_path, cnn_bn):
+    onnx.save(cnn_bn, str(tmp_path / "m.onnx"))
+    np.savez(tmp_path / "x.npz", images=np.zeros((4, 16, 16, 3), np.uint8))
+    (tmp_path / "out").mkdir()
+    args = ["--proxy", str(tmp_path / "x.npz"), "-o", str(tmp_path / "out" / "m.int4.onnx")]
+    code, _, err = run("quantize", str(tmp_path / "m.onnx"), *args, "--steps", "1", "--quiet")
+    assert code == 0, err
+    assert sorted(f.name for f in (tmp_path / "out").iterdir()) == [
+        "m.int4.onnx",
+        "m.int4.report.json",
+    ]

@@ -57,3 +57,46 @@ def test_several_outputs_are_written_all_or_nothing(tmp_path, monkeypatch):
         atomic_write_all([(old, b"new model"), (tmp_path / "b.json", b"{}")])
     assert old.read_bytes() == b"previous run"  # the first file was not renamed into place
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.onnx"]
+
+
+def test_output_lock_is_held_for_the_block_and_removed_after(tmp_path):
+    from zerop_deploy.fileio import output_lock
+
+    out = tmp_path / "m.int4.onnx"
+    with output_lock(out) as lock:
+        assert lock == tmp_path / "m.int4.onnx.lock"
+        assert lock.read_text() == f"{os.getpid()}\n"
+        with pytest.raises(InputError) as err, output_lock(out):
+            pass
+        assert str(err.value) == (
+            f"{out}: another zerop-deploy run is writing this output (pid {os.getpid()}); wait "
+            "for it to finish or choose another -o"
+        )
+        with output_lock(tmp_path / "other.onnx"):  # another output is another lock
+            pass
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(RuntimeError), output_lock(out):  # released when the run fails too
+        raise RuntimeError("the run failed")
+    with output_lock(out):
+        pass
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_lock_file_left_by_a_killed_run_does_not_block(tmp_path):
+    from zerop_deploy.fileio import output_lock
+
+    (tmp_path / "m.onnx.lock").write_text("999999\n")  # kill -9: the file stays, the flock not
+    with output_lock(tmp_path / "m.onnx") as lock:
+        assert lock.read_text() == f"{os.getpid()}\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_only_rank_0_of_a_torchrun_locks(tmp_path, monkeypatch):
+    from zerop_deploy.fileio import output_lock
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    with output_lock(tmp_path / "m.onnx") as lock:
+        monkeypatch.setenv("RANK", "1")
+        with output_lock(tmp_path / "m.onnx") as other:  # the same run's other rank
+            assert lock is not None and other is None

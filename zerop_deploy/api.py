@@ -22,7 +22,12 @@ from zerop_deploy._finetune import fine_tune
 from zerop_deploy._report import add_layer_sqnr, header, training_section, validation
 from zerop_deploy.config import DataConfig, QuantConfig, SynthConfig, TrainConfig
 from zerop_deploy.errors import ConfigError, InputError, QualityGateError
-from zerop_deploy.fileio import atomic_write_all, atomic_write_bytes, check_output_path
+from zerop_deploy.fileio import (
+    atomic_write_all,
+    atomic_write_bytes,
+    check_output_path,
+    output_lock,
+)
 
 _SUFFIX = {(4, 4): ".int4.onnx", (8, 8): ".int8.onnx", (4, 8): ".w4a8.onnx"}
 
@@ -104,6 +109,28 @@ def quantize(
     src = Path(model)
     inputs = [src, *data.input_paths()]
     out = check_output_path(output or default_output(src, quant), inputs)
+    with output_lock(out):  # a second run on this output is refused, never interleaved with it
+        return _quantize_locked(
+            src, out, inputs, quant, train, data, report=report, resume=resume,
+            min_agreement=min_agreement, plot_layers=plot_layers, progress=progress,
+        )  # fmt: skip
+
+
+def _quantize_locked(
+    src: Path,
+    out: Path,
+    inputs: list[Path],
+    quant: QuantConfig,
+    train: TrainConfig,
+    data: DataConfig,
+    *,
+    report: str | os.PathLike[str] | None,
+    resume: bool,
+    min_agreement: float | None,
+    plot_layers: str | os.PathLike[str] | None,
+    progress: bool,
+) -> dict[str, Any]:
+    """The rest of :func:`quantize`, run while it holds the lock on its output."""
     rep = check_output_path(report or default_report(out), [*inputs, out])
     if plot_layers is not None:
         plot_layers = check_output_path(plot_layers, [*inputs, out, rep])
@@ -301,14 +328,30 @@ def synthesize(
         ``{"model", "output", "method", "images", "iterations", "seconds", "images_per_second",
         "bns_distance"}``; ``method`` is "output" when the model has no BN statistics.
     """
+    cfg = cfg or SynthConfig()
+    src = Path(model)
+    out = check_output_path(output, [src])
+    with output_lock(out):  # a second run on this output is refused, never interleaved with it
+        return _synthesize_locked(src, out, cfg, mean, std, device, preview, resume, progress)
+
+
+def _synthesize_locked(
+    src: Path,
+    out: Path,
+    cfg: SynthConfig,
+    mean: tuple[float, ...] | None,
+    std: tuple[float, ...] | None,
+    device: str,
+    preview: str | os.PathLike[str] | None,
+    resume: bool,
+    progress: bool,
+) -> dict[str, Any]:
+    """The rest of :func:`synthesize`, run while it holds the lock on its output."""
     from zerop_deploy._synthetic import make, npz_bytes, summary
     from zerop_deploy.load import image_input_chw, load_model
     from zerop_deploy.quant.qat import leave_process_group
     from zerop_deploy.synth import cache_files
 
-    cfg = cfg or SynthConfig()
-    src = Path(model)
-    out = check_output_path(output, [src])
     if preview is not None:
         preview = check_output_path(preview, [src, out])
     dev = resolve_device(device)

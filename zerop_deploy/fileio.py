@@ -1,11 +1,13 @@
-"""Writing outputs safely: atomically (temp file + rename), never over an input."""
+"""Writing outputs safely: atomically (temp file + rename), never over an input, one run at once."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from zerop_deploy.errors import InputError
@@ -116,3 +118,89 @@ def _umask() -> int:
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     """:func:`atomic_write_bytes` for UTF-8 text."""
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+@contextlib.contextmanager
+def output_lock(out: str | os.PathLike[str]) -> Iterator[Path | None]:
+    """Hold ``<out>.lock`` while a run writes ``out`` (and the files it keeps beside it).
+
+    Two runs writing the same output would share its checkpoint and temporary files; the second
+    one is refused at once instead. The lock is an ``flock`` on the sidecar file, so the system
+    drops it when the process dies (``kill -9`` included) and a stale file never blocks a later
+    run. The file holds the pid of its holder, for the message, and is removed on release. Under
+    ``torchrun`` only rank 0 locks: the other ranks of the run share its output. On a file system
+    without ``flock`` the run goes on unlocked.
+
+    Args:
+        out: The output path (checked by :func:`check_output_path`).
+
+    Yields:
+        The lock file, or None when no lock was taken.
+
+    Raises:
+        InputError: Another run holds the lock (names it and its pid), or the lock file cannot be
+            created.
+    """
+    o = Path(out)
+    lock = o.with_name(o.name + ".lock")
+    if os.environ.get("RANK", "0") != "0" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        yield None
+        return
+    fd = _acquire(lock, o)
+    if fd is None:
+        yield None
+        return
+    try:
+        yield lock
+    finally:
+        # removed while still held: a run that opened the old file then finds it gone and retries
+        with contextlib.suppress(OSError):
+            if os.path.samestat(os.fstat(fd), os.stat(lock)):
+                os.unlink(lock)
+        os.close(fd)
+
+
+def _acquire(lock: Path, out: Path) -> int | None:
+    """Open and ``flock`` ``lock``, write the pid into it; None where ``flock`` is unsupported."""
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        except OSError as e:
+            raise InputError(
+                f"{out}: cannot create the lock file {lock.name} ({e.strerror}); check the "
+                "folder's permissions or choose another -o"
+            ) from e
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            holder = _pid_in(fd)
+            os.close(fd)
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                with contextlib.suppress(OSError):
+                    if not holder:
+                        os.unlink(lock)
+                return None
+            pid = f" (pid {holder})" if holder else ""
+            raise InputError(
+                f"{out}: another zerop-deploy run is writing this output{pid}; wait for it to "
+                "finish or choose another -o"
+            ) from None
+        try:
+            current = os.stat(lock)
+        except FileNotFoundError:
+            current = None
+        if current is not None and os.path.samestat(os.fstat(fd), current):
+            break
+        os.close(fd)  # the previous holder removed the file between our open and our flock
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def _pid_in(fd: int) -> str:
+    """The pid a lock file holds ("" when empty or unreadable)."""
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    except OSError:
+        return ""
+    return text if text.isdigit() else ""
