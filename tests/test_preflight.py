@@ -79,6 +79,8 @@ def test_relu6_network_at_all_4_bits_exports_a_file_onnxruntime_loads(models, tm
     assert res.exit_code == 0, res.output
     doc = json.loads((tmp_path / "r.int4.report.json").read_text())
     assert doc["preflight"]["quantized_layers"] == 3
+    assert doc["float_nodes"] == []  # every compute node of this network is quantized
+    assert set(doc["quantization_scheme"]) == {"weights", "activations", "bias", "other ops"}
     assert doc["validation"]["ort_vs_student_top1_agreement"] == 1.0
     ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])  # default options
     assert onnx.load(str(out)).graph.node

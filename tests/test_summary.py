@@ -27,7 +27,8 @@ def test_summary_of_bn_model(tmp_path, cnn_bn):
     p = tmp_path / "m.onnx"
     onnx.save(cnn_bn, str(p))
     doc = inspect_model(p)
-    assert set(doc) == DESIGN_KEYS
+    assert set(doc) == DESIGN_KEYS | {"float_nodes"}
+    assert doc["float_nodes"] == []
     assert doc["opset"] == 17 and doc["batchnorm_nodes"] == 2 and doc["bn_folded"] is False
     assert doc["inputs"] == [{"name": "input", "shape": ["N", 3, 16, 16], "dtype": "float"}]
     assert [q["op"] for q in doc["quantizable"]] == ["Conv", "Conv", "Gemm"]
@@ -90,3 +91,30 @@ def test_shared_models(name, bn, folded):
     doc = inspect_model(path)
     assert doc["batchnorm_nodes"] == bn and doc["bn_folded"] is folded
     assert doc["conversion"]["ok"] and doc["conversion"]["max_abs_diff"] < 1e-4
+
+
+def test_float_nodes_name_attention_products_and_computed_weights():
+    from onnx import TensorProto, helper, numpy_helper
+
+    from zerop_deploy.quant.graph import float_nodes
+    from zerop_deploy.summary import format_summary, summarize
+
+    w = numpy_helper.from_array(np.ones((4, 4), np.float32), "w")
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["q"], name="proj"),  # quantized: constant weight
+        helper.make_node("Transpose", ["q"], ["kt"], name="t", perm=[1, 0]),
+        helper.make_node("MatMul", ["q", "kt"], ["scores"], name="scores"),
+        helper.make_node("Einsum", ["scores", "q"], ["y"], name="mix", equation="ij,jk->ik"),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 4])], [w],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    found = {f["node"]: f for f in float_nodes(model)}
+    assert set(found) == {"scores", "mix"}
+    assert "both operands are activations" in found["scores"]["reason"]
+    assert "Einsum" in found["mix"]["reason"]
+    text = format_summary({**summarize(model, "m.onnx"), "conversion": {"ok": True,
+                                                                        "max_abs_diff": 0.0}})
+    assert "kept in float (2 compute nodes)" in text and "scores (MatMul)" in text

@@ -11,6 +11,7 @@ import onnx
 import torch
 
 from zerop_deploy.config import DataConfig
+from zerop_deploy.quant.graph import QUANTIZATION_SCHEME, float_nodes
 
 _PACKAGES = ("zerop-deploy", "torch", "onnx", "onnxruntime", "onnx2torch", "numpy")
 
@@ -152,8 +153,12 @@ def layer_sqnr(
     ]
 
 
-def header(src, out, quant, train, data, proxy, plan, device) -> dict[str, Any]:
-    """The report's fixed part: what was asked, what data was used, the layers, the versions."""
+def header(src, out, quant, train, data, proxy, plan, device, proto) -> dict[str, Any]:
+    """The report's fixed part: what was asked, what data was used, the layers, the versions.
+
+    ``quantization_scheme`` says how each kind of node is quantized and ``float_nodes`` lists every
+    compute node left in float (unquantizable ones and layers the plan skipped) with the reason.
+    """
     return {
         "input": str(src),
         "output": str(out),
@@ -167,6 +172,11 @@ def header(src, out, quant, train, data, proxy, plan, device) -> dict[str, Any]:
         "proxy": proxy.section,
         "synthetic": proxy.synthetic_section,
         "layers": layers_section(plan),
+        "quantization_scheme": QUANTIZATION_SCHEME,
+        "float_nodes": [
+            *float_nodes(proto),
+            *({"node": p.node, "op": p.op, "reason": p.skipped} for p in plan if p.skipped),
+        ],
         "config": {"quant": quant.to_dict(), "train": train.to_dict(), "data": data.to_dict()},
         "versions": versions(),
     }

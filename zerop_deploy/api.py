@@ -197,7 +197,7 @@ def _quantize_locked(
     qproto = export_qdq(proto, layer_quants(student, plan, proto), int32_bias=True)
     files = [(out, qdq_bytes(qproto, out))]
     say("validating the exported model in onnxruntime")
-    doc = header(src, out, quant, train, data, proxy, plan, device)
+    doc = header(src, out, quant, train, data, proxy, plan, device, proto)
     doc["training"] = training_section(result, time.monotonic() - t_start)
     doc["training"]["processes"] = world
     doc["preflight"] = checked

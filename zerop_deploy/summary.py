@@ -93,7 +93,13 @@ def bn_looks_folded(proto: onnx.ModelProto) -> bool:
 
 
 def summarize(proto: onnx.ModelProto, path: str | os.PathLike[str] = "") -> dict[str, Any]:
-    """The graph part of the inspect document (everything but ``conversion``)."""
+    """The graph part of the inspect document (everything but ``conversion``).
+
+    Besides DESIGN.md's keys, ``float_nodes`` lists the compute nodes quantize will leave in float
+    and why (:func:`zerop_deploy.quant.graph.float_nodes`).
+    """
+    from zerop_deploy.quant.graph import float_nodes
+
     counts = Counter(n.op_type for n in proto.graph.node)
     default_opset = [imp.version for imp in proto.opset_import if imp.domain in ("", "ai.onnx")]
     return {
@@ -107,6 +113,7 @@ def summarize(proto: onnx.ModelProto, path: str | os.PathLike[str] = "") -> dict
         "batchnorm_nodes": counts.get("BatchNormalization", 0),
         "bn_folded": bn_looks_folded(proto),
         "quantizable": quantizable_layers(proto),
+        "float_nodes": float_nodes(proto),
         "parameters": parameter_count(proto),
     }
 
@@ -182,4 +189,8 @@ def format_summary(doc: dict[str, Any]) -> str:
         for q in doc["quantizable"]:
             dims = "x".join(str(d) for d in q["weight_shape"])
             lines.append(f"{q['node'].ljust(name_w)}  {q['op']:<13} {dims}")
+    if doc.get("float_nodes"):
+        lines.append("")
+        lines.append(f"kept in float ({len(doc['float_nodes'])} compute nodes):")
+        lines.extend(f"  {f['node']} ({f['op']}): {f['reason']}" for f in doc["float_nodes"])
     return "\n".join(lines)

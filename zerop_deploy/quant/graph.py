@@ -151,3 +151,53 @@ def nonnegative_values(proto: onnx.ModelProto) -> set[str]:
         if ok:
             nonneg.update(o for o in node.output if o)
     return nonneg
+
+
+COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum", "LSTM", "GRU", "RNN", "Attention")
+"""Ops that carry the arithmetic of a network: each one not quantized is listed with its reason."""
+
+QUANTIZATION_SCHEME = {
+    "weights": (
+        "Conv, ConvTranspose, Gemm and MatMul with a constant weight: symmetric per output "
+        "channel, int4 -7..7 or int8 -127..127, DequantizeLinear with axis; BatchNormalization "
+        "folded into the Conv before it"
+    ),
+    "activations": (
+        "the input of every quantized layer: one QuantizeLinear/DequantizeLinear pair per tensor, "
+        "per-tensor scale, unsigned (uint4/uint8) where the graph proves the tensor non-negative "
+        "(after Relu, Clip(min >= 0), Sigmoid...), signed otherwise"
+    ),
+    "bias": "int32 on the grid activation scale x weight scale, fed by DequantizeLinear",
+    "other ops": (
+        "everything else (additions, pooling, Concat, Reshape, normalisation, Softmax, "
+        "activation functions) runs in float on dequantized values, as in the original graph"
+    ),
+}
+"""How each kind of node is quantized: the report's ``quantization_scheme``."""
+
+
+def float_nodes(proto: onnx.ModelProto) -> list[dict[str, str]]:
+    """Compute nodes (:data:`COMPUTE_OPS`) the quantizer leaves in float, each with the reason.
+
+    A Conv, ConvTranspose, Gemm or MatMul is quantized when its weight (input 1) is a constant; the
+    others are listed here: products of two activations (attention scores and their weighted sum),
+    weights computed at run time, and ops the quantizer has no integer form for.
+    """
+    consts = resolved_constants(proto)
+    out = []
+    for node in proto.graph.node:
+        if node.op_type not in COMPUTE_OPS:
+            continue
+        weight = node.input[1] if len(node.input) > 1 else ""
+        if node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
+            if weight in consts:
+                continue
+            reason = (
+                "both operands are activations (e.g. attention); runs in float"
+                if node.op_type in ("MatMul", "Gemm")
+                else f"its weight '{weight}' is computed at run time, not a constant; runs in float"
+            )
+        else:
+            reason = f"{node.op_type} has no integer form here; runs in float"
+        out.append({"node": node.name, "op": node.op_type, "reason": reason})
+    return out
