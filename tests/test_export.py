@@ -507,6 +507,31 @@ def test_all_zero_channel_gets_a_usable_scale(cnn_bn):
     assert_matches_simulation(cnn_bn, out, layers, feeds, int32_bias=True)
 
 
+def test_int32_bias_beyond_the_range_is_clipped_like_the_student(cnn_bn):
+    """A degenerate (tiny) input scale: the bias levels clip at +-(2^31 - 1), as the student's do."""
+    import torch
+
+    from zerop_deploy.quant.modules import ActQuantizer, QuantConv
+
+    feeds = random_inputs(cnn_bn, batch=4)
+    layers = make_layers(cnn_bn, feeds, wbits=8, abits=8)
+    conv = layers[1]  # a depthwise Conv with a folded BN, so its bias is far from 0
+    act = ActQuantizer(8, signed=conv.act.signed)
+    act.scale.data.fill_(1e-10)
+    effective_scale = float(act.scale.detach().abs() + 1e-12)  # what the student exports
+    layers[1] = lq = _replace(conv, act=ActQuant(8, conv.act.signed, effective_scale, 0))
+    out = export_qdq(cnn_bn, layers, int32_bias=True)
+    levels = [numpy_helper.to_array(t) for t in out.graph.initializer
+              if t.data_type == TensorProto.INT32]  # fmt: skip
+    assert max(np.abs(v.astype(np.int64)).max() for v in levels) == 2**31 - 1
+    assert_matches_simulation(cnn_bn, out, layers, feeds, int32_bias=True)
+    module = torch.nn.Conv2d(8, 8, 3, groups=8)
+    student = QuantConv(module, 8, act, weight=torch.from_numpy(lq.dequantized_weight()),
+                        bias=torch.from_numpy(lq.bias))  # fmt: skip
+    student.weight_scale.data.copy_(torch.from_numpy(lq.weight_scale))
+    np.testing.assert_array_equal(student.effective_bias().detach().numpy(), integer_bias(lq))
+
+
 def test_int4_upgrade_rewrites_reducemean_and_keeps_names():
     rng = np.random.default_rng(0)
     w = numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w")

@@ -90,7 +90,8 @@ def export_qdq(
         layers: One entry per quantized Conv/ConvTranspose/Gemm/MatMul node, named as in ``proto``.
         int32_bias: Store the bias of each layer with a quantized input as INT32 feeding
             DequantizeLinear with per-channel scale ``act.scale * weight_scale`` (the value of
-            :func:`integer_bias`; an overflow is an ExportError) instead of float32.
+            :func:`integer_bias`, clipped to the int32 range like the student's) instead of
+            float32.
             onnxruntime's WeightBiasQuantization transformer (on by default) does this rounding
             itself for every layer whose output goes straight into a QuantizeLinear; with
             ``int32_bias`` every runtime computes the same thing, whatever follows the layer.
@@ -296,15 +297,7 @@ class _Rewriter:
         bias = np.asarray(lq.bias, np.float32)
         if self.int32_bias and lq.act is not None:
             scale = _bias_scale(lq)
-            levels = np.rint(bias / scale)
-            if np.abs(levels).max(initial=0) >= 2**31:
-                c = int(np.abs(levels).argmax())
-                raise ExportError(
-                    f"node '{node.name}': output channel {c} has bias {bias[c]:.3g} but weight "
-                    f"scale {lq.weight_scale[c % len(lq.weight_scale)]:.3g}; its int32 bias "
-                    "overflows: set that channel's integer weights to 0 (its scale is then "
-                    "replaced) or export with int32_bias=False"
-                )
+            levels = _bias_levels(bias, scale)
             q = self._init(
                 numpy_helper.from_array(levels.astype(np.int32), self.names(f"{base}_quantized"))
             )
@@ -351,6 +344,21 @@ def _bias_scale(layer: LayerQuant) -> np.ndarray:
     return (np.float32(layer.act.scale) * s).astype(np.float32)
 
 
+INT32_BIAS_LIMIT = 2**31 - 1
+"""Largest int32 bias level, either sign: the student's bias quantizer clips at the same value."""
+
+
+def _bias_levels(bias: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """``clip(round_half_even(bias / scale), -limit, limit)``: levels the student computes with.
+
+    A level beyond int32 only happens when the input's activation scale is degenerate (an input
+    that is almost always zero, e.g. a random-weight network's last features): the bias is then
+    clipped to ``limit * scale``, in the student during fine-tuning and in the file alike.
+    """
+    levels = np.rint(bias / scale).astype(np.float64)  # rounded in float32, as the student does
+    return np.clip(levels, -INT32_BIAS_LIMIT, INT32_BIAS_LIMIT)
+
+
 def integer_bias(layer: LayerQuant) -> np.ndarray:
     """Return a layer's bias rounded to the int32 grid ``act.scale * weight_scale``, as engines do.
 
@@ -370,7 +378,7 @@ def integer_bias(layer: LayerQuant) -> np.ndarray:
     if layer.act is None or layer.bias is None:
         return layer.bias  # type: ignore[return-value]
     s = _bias_scale(layer)
-    return (np.rint(np.asarray(layer.bias, np.float32) / s) * s).astype(np.float32)
+    return (_bias_levels(np.asarray(layer.bias, np.float32), s) * s).astype(np.float32)
 
 
 def _int_tensor(name: str, values: np.ndarray, bits: int) -> TensorProto:
