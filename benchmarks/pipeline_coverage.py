@@ -39,6 +39,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,7 +65,7 @@ WIDTHS = {
     "W4A4": ["--bits", "4"],
     "all-4-bit": ["--bits", "4", "--first-last-bits", "4"],
 }
-QUANTIZE_ARGS = ["--steps", "2", "--batch-size", "8", "--proxy-images", "80", "--seed", "0"]
+QUANTIZE_ARGS = ["--steps", "2", "--batch-size", "4", "--proxy-images", "80", "--seed", "0"]
 SIDES = (32, 64, 96, 128, 160, 192, 224)
 RESULTS = ROOT / "benchmarks" / "results" / "pipeline_coverage.jsonl"
 BEGIN, END = "<!-- pipeline_coverage:begin -->", "<!-- pipeline_coverage:end -->"
@@ -181,19 +182,32 @@ def quantize_row(model: Path, side: int, width: str, folder: Path, timeout: floa
     return {**row, "status": "ok"}
 
 
-def run_entry(name: str, how: str, widths: list[str], timeout: float) -> list[dict]:
-    """Export one architecture one way and quantize it at every width (a row per width)."""
-    base = {"model": name, "export": how}
+def code_version() -> str:
+    """The commit the rows were measured with (``+`` when the working tree had changes)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout
+
+    dirty = git("status", "--porcelain", "--untracked-files=no", "zerop_deploy").strip()
+    return git("rev-parse", "--short", "HEAD").strip() + ("+" if dirty else "")
+
+
+def run_entry(name: str, how: str, widths: list[str], timeout: float) -> Iterator[dict]:
+    """Export one architecture one way and quantize it at every width (a row per width, yielded
+    as soon as it is measured)."""
+    base = {"model": name, "export": how, "code": code_version()}
     with tempfile.TemporaryDirectory(prefix=f"cov-{name}-{how}-") as tmp:
         folder = Path(tmp)
         try:
             path = folder / f"{name}.onnx"
             side = export_smallest(build(name), how, path)
         except Exception as e:  # noqa: BLE001 - the exporter's failure is a row of its own
-            return [{**base, "width": w, "status": "export failed",
-                     "reason": _one_line(f"{type(e).__name__}: {e}")} for w in widths]  # fmt: skip
+            for w in widths:
+                yield {**base, "width": w, "status": "export failed",
+                       "reason": _one_line(f"{type(e).__name__}: {e}")}  # fmt: skip
+            return
         base["side"] = side
-        return [{**base, "width": w, **quantize_row(path, side, w, folder, timeout)} for w in widths]
+        for w in widths:
+            yield {**base, "width": w, **quantize_row(path, side, w, folder, timeout)}
 
 
 # --------------------------------------------------------------------------------------------------
