@@ -99,6 +99,31 @@ mean_option = click.option(
     "--mean", type=str, default=None, help="Per-channel mean to subtract, e.g. 0.485,0.456,0.406."
 )
 std_option = click.option("--std", type=str, default=None, help="Per-channel std to divide by.")
+
+
+def preprocess_options(command: Any) -> Any:
+    """``--resize N --crop N | --crop-ratio R`` and ``--interpolation`` (image geometry)."""
+    for option in reversed((
+        click.option("--resize", type=int, default=None,
+                     help="Shorter side before the center crop, e.g. 256 (with --crop 224)."),
+        click.option("--crop", type=int, default=None, help="The center crop --resize refers to."),
+        click.option("--crop-ratio", type=float, default=None,
+                     help="Crop / resized shorter side, e.g. 0.875 (default: 0.875 for inputs of "
+                          "128 px and more, else 1)."),
+        click.option("--interpolation", type=click.Choice(["bilinear", "bicubic"]), default=None,
+                     help="Resize interpolation (default: bicubic from 128 px, else bilinear)."),
+    )):  # fmt: skip
+        command = option(command)
+    return command
+
+
+def make_preprocess(
+    resize: int | None, crop: int | None, crop_ratio: float | None, interpolation: str | None
+) -> Any:
+    """The :class:`zerop_deploy.preprocess.Preprocess` of the options (checked: ConfigError)."""
+    from zerop_deploy.preprocess import Preprocess
+
+    return Preprocess(resize=resize, crop=crop, crop_ratio=crop_ratio, interpolation=interpolation)
 device_option = click.option(
     "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
 )

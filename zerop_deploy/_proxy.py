@@ -44,8 +44,9 @@ class Sources:
         for p in paths:
             if p not in self._opened:
                 self._opened[p] = open_source(
-                    p, builtin_images=self._data.builtin_images, seed=self._seed
-                )
+                    p, builtin_images=self._data.builtin_images, seed=self._seed,
+                    preprocess=self._data.preprocess,
+                )  # fmt: skip
         return [self._opened[p] for p in paths]
 
 

@@ -28,6 +28,7 @@ from zerop_deploy.fileio import (
     check_output_path,
     output_lock,
 )
+from zerop_deploy.preprocess import Preprocess
 
 _SUFFIX = {(4, 4): ".int4.onnx", (8, 8): ".int8.onnx", (4, 8): ".w4a8.onnx"}
 
@@ -201,6 +202,7 @@ def _quantize_locked(
     doc["training"] = training_section(result, time.monotonic() - t_start)
     doc["training"]["processes"] = world
     doc["preflight"] = checked
+    doc["preprocess"] = data.preprocess.describe(chw)
     doc.update(validation(proto, qproto, student, proxy, data, chw, sources))
     add_layer_sqnr(doc, teacher.cpu().eval(), student, proto, plan, proxy, data)
     if plot_layers is not None:
@@ -240,6 +242,7 @@ def select_proxy(
     device: str = "auto",
     plot: str | os.PathLike[str] | None = None,
     progress: bool = True,
+    preprocess: Preprocess | None = None,
 ) -> dict[str, Any]:
     """Rank candidate proxy sets by how close they come to the model's stored BN statistics.
 
@@ -253,6 +256,7 @@ def select_proxy(
         device: "auto", "cpu" or "cuda".
         plot: Write a bar chart of the ranking to this PNG.
         progress: One line per scored candidate on stderr (only on a terminal).
+        preprocess: How candidate images are fitted to the model input.
 
     Returns:
         The ``select-proxy --json`` document (DESIGN.md): ``{"model", "method", "samples",
@@ -265,8 +269,9 @@ def select_proxy(
     from zerop_deploy.stats import rank_candidates
 
     data = DataConfig(
-        proxy="auto", candidates=tuple(candidates), samples=samples, mean=mean, std=std
-    )
+        proxy="auto", candidates=tuple(candidates), samples=samples, mean=mean, std=std,
+        preprocess=preprocess or Preprocess(),
+    )  # fmt: skip
     if plot is not None:
         plot = check_output_path(plot, [Path(model), *map(Path, candidates)])
     sources = Sources(data, seed)(*data.candidates)
@@ -283,6 +288,7 @@ def select_proxy(
         "method": method,
         "samples": samples,
         "ranking": ranking,
+        "preprocess": data.preprocess.describe(chw),
     }
     if method == "output":
         doc["note"] = (

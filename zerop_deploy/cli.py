@@ -23,10 +23,12 @@ from zerop_deploy._cli_util import (
     floats,
     interrupted_code,
     json_option,
+    make_preprocess,
     mean_option,
     print_json,
     seed_option,
     sigterm_interrupts,
+    preprocess_options,
     std_option,
 )
 from zerop_deploy.cli_quantize import quantize_cmd
@@ -148,6 +150,7 @@ main.add_command(quantize_cmd)
 )
 @mean_option
 @std_option
+@preprocess_options
 @click.option(
     "--min-agreement",
     type=float,
@@ -161,6 +164,10 @@ def validate_cmd(
     data_path: str,
     mean: str | None,
     std: str | None,
+    resize: int | None,
+    crop: int | None,
+    crop_ratio: float | None,
+    interpolation: str | None,
     min_agreement: float | None,
     as_json: bool,
 ) -> None:
@@ -170,7 +177,8 @@ def validate_cmd(
     from zerop_deploy.validate import format_validation, validate
 
     chw = image_input_chw(read_model(reference), str(reference))
-    pool = load_pool(open_source(data_path), chw)  # fitted straight to the model's input
+    preprocess = make_preprocess(resize, crop, crop_ratio, interpolation)
+    pool = load_pool(open_source(data_path, preprocess=preprocess), chw)
     x = normalize(pool.images, floats(mean, "--mean"), floats(std, "--std"))
     try:
         doc = validate(
@@ -197,6 +205,7 @@ def validate_cmd(
 @seed_option
 @mean_option
 @std_option
+@preprocess_options
 @device_option
 @click.option("--plot", type=click.Path(path_type=Path), default=None, help="Bar chart PNG.")
 @json_option
@@ -207,6 +216,10 @@ def select_proxy_cmd(
     seed: int,
     mean: str | None,
     std: str | None,
+    resize: int | None,
+    crop: int | None,
+    crop_ratio: float | None,
+    interpolation: str | None,
     device: str,
     plot: Path | None,
     as_json: bool,
@@ -227,6 +240,7 @@ def select_proxy_cmd(
         std=floats(std, "--std"),
         device=device,
         plot=plot,
+        preprocess=make_preprocess(resize, crop, crop_ratio, interpolation),
     )
     if as_json:
         print_json(doc)

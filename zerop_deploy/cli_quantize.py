@@ -13,9 +13,11 @@ from zerop_deploy._cli_util import (
     fail,
     floats,
     interrupted_code,
+    make_preprocess,
     mean_option,
     print_json,
     seed_option,
+    preprocess_options,
     std_option,
 )
 from zerop_deploy.errors import QualityGateError
@@ -122,6 +124,7 @@ from zerop_deploy.errors import QualityGateError
 )
 @mean_option
 @std_option
+@preprocess_options
 @click.option(
     "--report",
     type=click.Path(path_type=Path),
@@ -185,6 +188,10 @@ def quantize_cmd(
     eval_path: str | None,
     mean: str | None,
     std: str | None,
+    resize: int | None,
+    crop: int | None,
+    crop_ratio: float | None,
+    interpolation: str | None,
     report: Path | None,
     device: str,
     seed: int,
@@ -232,6 +239,7 @@ def quantize_cmd(
         eval=eval_path,
         mean=floats(mean, "--mean"),
         std=floats(std, "--std"),
+        preprocess=make_preprocess(resize, crop, crop_ratio, interpolation),
     )
     try:
         doc = quantize(

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from zerop_deploy.errors import ConfigError
+from zerop_deploy.preprocess import Preprocess
 
 _BITS = (4, 8)
 
@@ -208,6 +209,8 @@ class DataConfig:
             input.
         std: Per-channel std to divide by.
         holdout: Fraction of the proxy images kept out of training for validation (at most 1,000).
+        preprocess: How images of other sizes are fitted to the model input (resize, center
+            crop, interpolation), for every image input.
     """
 
     proxy: tuple[str, ...] = ("builtin",)
@@ -222,6 +225,7 @@ class DataConfig:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     holdout: float = 0.1
+    preprocess: Preprocess = field(default_factory=Preprocess)
 
     def __post_init__(self) -> None:
         if isinstance(self.proxy, str):

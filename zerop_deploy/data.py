@@ -5,12 +5,11 @@ when read, so a folder of 100k images never sits in memory at once: ``.npy`` fil
 mapped, folders are listed and decoded batch by batch. :func:`load_pool` reads a random subset,
 :func:`iter_batches` streams a source in order.
 
-Every image is fitted to the model input (C, H, W) the same way (:func:`fit_images`): the shorter
-side is resized (bilinear, antialiased) so the image covers H x W, then center cropped; an alpha
-channel is dropped; gray becomes RGB by replication, RGB becomes gray by luminance
-(0.299, 0.587, 0.114). Fitted images stay uint8; :func:`normalize` turns them into float32 in
-[0, 1] and applies ``mean``/``std`` (in [0, 1] units) for models whose graph does not normalise its
-own input.
+Every image of a source is fitted to the model input (C, H, W) by the source's
+:class:`~zerop_deploy.preprocess.Preprocess` (resize the shorter side, center crop, channels; the
+ImageNet "256 -> 224" convention for ImageNet-size inputs). Fitted images stay uint8;
+:func:`normalize` turns them into float32 in [0, 1] and applies ``mean``/``std`` (in [0, 1] units)
+for models whose graph does not normalise its own input.
 """
 
 from __future__ import annotations
@@ -23,14 +22,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from zerop_deploy._arrays import FIX, check_array, open_npz
-from zerop_deploy.errors import ConfigError, InputError, UnsupportedModelError
+from zerop_deploy.errors import ConfigError, InputError
+from zerop_deploy.preprocess import Preprocess
 
 BUILTIN = "builtin"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-_LUMA = (0.299, 0.587, 0.114)
 
 
 @dataclass(frozen=True, eq=False)
@@ -53,6 +51,7 @@ class ImageSource:
     _array: np.ndarray | None = field(default=None, repr=False)  # N x H x W x C uint8 (memmap)
     _files: tuple[str, ...] = field(default=(), repr=False)
     _seed: int = field(default=0, repr=False)
+    preprocess: Preprocess = field(default_factory=Preprocess, repr=False)
 
     def read(
         self, indices: Sequence[int] | np.ndarray, chw: tuple[int, int, int]
@@ -74,9 +73,9 @@ class ImageSource:
 
             return render(idx, chw, self._seed), idx
         if self.kind == "folder":
-            return _read_files([self._files[i] for i in idx], idx, chw)
+            return _read_files([self._files[i] for i in idx], idx, chw, self.preprocess)
         assert self._array is not None
-        return fit_images(self._array[idx], chw), idx
+        return fit_images(self._array[idx], chw, self.preprocess), idx
 
 
 @dataclass(frozen=True, eq=False)
@@ -99,7 +98,11 @@ class Pool:
 
 
 def open_source(
-    path: str | os.PathLike[str], *, builtin_images: int = 4096, seed: int = 0
+    path: str | os.PathLike[str],
+    *,
+    builtin_images: int = 4096,
+    seed: int = 0,
+    preprocess: Preprocess | None = None,
 ) -> ImageSource:
     """Validate and open an image source without decoding its images.
 
@@ -115,6 +118,8 @@ def open_source(
             images, or ``"builtin"``.
         builtin_images: Size of the built-in pool.
         seed: Seed of the built-in pool's crops.
+        preprocess: How images are fitted to the model input (the built-in pool renders its crops
+            at the input size itself).
 
     Raises:
         InputError: Missing path, unknown suffix, ``.npz`` without ``images``, unreadable file,
@@ -123,7 +128,10 @@ def open_source(
     """
     if isinstance(path, str) and path == BUILTIN:
         return _open_builtin(builtin_images, seed)
-    p = Path(path)
+    return replace(_open_path(Path(path), str(path)), preprocess=preprocess or Preprocess())
+
+
+def _open_path(p: Path, name: str) -> ImageSource:
     if not p.exists():
         raise InputError(f"{p}: no such file or folder; {FIX}")
     if p.is_dir():
@@ -143,7 +151,7 @@ def open_source(
         labels = np.asarray(labels).astype(np.int64).reshape(-1)
         if len(labels) != len(images):
             raise InputError(f"{p}: {len(labels)} labels for {len(images)} images")
-    return ImageSource(str(path), suffix[1:], len(images), labels, _array=images)
+    return ImageSource(name, suffix[1:], len(images), labels, _array=images)
 
 
 def _open_builtin(n: int, seed: int) -> ImageSource:
@@ -172,8 +180,11 @@ MAX_PIXELS = 100_000_000
 """Image files whose header claims more pixels than this are skipped without being decoded."""
 
 
-def _decode(path: str, chw: tuple[int, int, int]) -> np.ndarray | None:
-    """One file as uint8 H x W x C (C is 1 or 3), or None when it cannot be decoded."""
+def _decode(path: str, chw: tuple[int, int, int], size: tuple[int, int]) -> np.ndarray | None:
+    """One file as uint8 H x W x C (C is 1 or 3), or None when it cannot be decoded.
+
+    A JPEG is decoded at the smallest DCT scale that still covers ``size`` (W, H).
+    """
     from PIL import Image
 
     mode = "L" if chw[0] == 1 else "RGB"
@@ -185,7 +196,7 @@ def _decode(path: str, chw: tuple[int, int, int]) -> np.ndarray | None:
             if im.size[0] * im.size[1] > MAX_PIXELS:
                 return None  # a decompression bomb, or nothing a CNN input is cut from
             if im.format == "JPEG":
-                im.draft(mode, (chw[2], chw[1]))  # DCT scaling, still covering W x H
+                im.draft(mode, size)  # DCT scaling, still covering the resized image
             arr = np.asarray(im.convert(mode), dtype=np.uint8)
     except Exception:  # noqa: BLE001 - damaged files make PIL raise many types: skip and count
         return None
@@ -193,48 +204,29 @@ def _decode(path: str, chw: tuple[int, int, int]) -> np.ndarray | None:
 
 
 def _read_files(
-    files: list[str], idx: np.ndarray, chw: tuple[int, int, int]
+    files: list[str], idx: np.ndarray, chw: tuple[int, int, int], preprocess: Preprocess
 ) -> tuple[torch.Tensor, np.ndarray]:
     out, kept = [], []
     for f, i in zip(files, idx.tolist(), strict=True):
-        arr = _decode(f, chw)
+        arr = _decode(f, chw, preprocess.decode_size(chw))
         if arr is not None and arr.shape[0] > 0 and arr.shape[1] > 0:
-            out.append(fit_images(arr[None], chw))
+            out.append(fit_images(arr[None], chw, preprocess))
             kept.append(i)
     images = torch.cat(out) if out else torch.empty((0, *chw), dtype=torch.uint8)
     return images, np.asarray(kept, dtype=np.int64)
 
 
-def fit_images(images: np.ndarray, chw: tuple[int, int, int]) -> torch.Tensor:
+def fit_images(
+    images: np.ndarray, chw: tuple[int, int, int], preprocess: Preprocess | None = None
+) -> torch.Tensor:
     """Fit uint8 N x H x W x C images (C in 1, 3, 4) to ``chw``: uint8 N x C x H x W.
 
-    Resizes (bilinear, antialiased) so the image covers H x W, center crops, drops alpha,
-    replicates gray to RGB or takes RGB luminance for gray; rounds back to uint8.
+    See :class:`zerop_deploy.preprocess.Preprocess` (the default one when None).
 
     Raises:
         UnsupportedModelError: The model input has neither 1 nor 3 channels.
     """
-    c, h, w = chw
-    if c not in (1, 3):
-        raise UnsupportedModelError(f"model input has {c} channels; only 1 or 3 are supported")
-    images = np.ascontiguousarray(images)
-    if not images.flags.writeable:  # memory maps, decoded PIL buffers: torch wants writable
-        images = images.copy()
-    x = torch.from_numpy(images).permute(0, 3, 1, 2)
-    x = x[:, :3]
-    if x.shape[1:] in ((c, h, w), (1, h, w)):
-        return x.expand(-1, c, -1, -1).clone(memory_format=torch.contiguous_format)
-    y = x.float()
-    if y.shape[1] == 3 and c == 1:
-        y = (y * torch.tensor(_LUMA).view(1, 3, 1, 1)).sum(1, keepdim=True)
-    if y.shape[2:] != (h, w):
-        scale = max(h / y.shape[2], w / y.shape[3])
-        size = (max(h, round(y.shape[2] * scale)), max(w, round(y.shape[3] * scale)))
-        y = F.interpolate(y, size=size, mode="bilinear", antialias=True, align_corners=False)
-        top, left = (y.shape[2] - h) // 2, (y.shape[3] - w) // 2
-        y = y[:, :, top : top + h, left : left + w]
-    y = y.round().clamp(0, 255).to(torch.uint8)
-    return y.expand(-1, c, -1, -1).contiguous()
+    return (preprocess or Preprocess()).fit(images, chw)
 
 
 def normalize(

@@ -1,0 +1,140 @@
+"""How an image of any size becomes the model's input: resize, center crop, channel conversion.
+
+One :class:`Preprocess` describes it for every image input (proxy, candidates, eval, data). The
+geometry is the evaluation transform ImageNet users know ("resize the shorter side to 256, center
+crop 224"), written as a crop ratio so that it holds for any input size:
+
+* the shorter side is resized to ``round(S / crop_ratio)``, where ``S`` is the model's shorter
+  input side (bigger when needed so that the image covers H x W), antialiased, with bilinear or
+  bicubic interpolation;
+* the H x W center is cropped.
+
+``crop_ratio`` 0.875 at 224 is the usual 256 -> 224; 1.0 fits the shorter side to the input (the
+whole image, only the longer side is cropped). Left unset, inputs of at least
+:data:`IMAGENET_SIDE` pixels get ratio 0.875 and bicubic interpolation (the reference evaluation of
+EfficientNet and timm's default; torchvision's classic ResNet transform is bilinear), smaller
+inputs get ratio 1.0 and bilinear (CIFAR-size networks see whole images). An image already at the input size is never touched. An
+alpha channel is dropped, gray is replicated to RGB, RGB becomes gray by luminance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from zerop_deploy.errors import ConfigError, UnsupportedModelError
+
+IMAGENET_SIDE = 128
+"""Inputs with a shorter side of at least this many pixels get the ImageNet crop ratio by default."""
+
+IMAGENET_CROP_RATIO = 0.875
+"""224 / 256: the default crop ratio of ImageNet-size inputs."""
+
+INTERPOLATIONS = ("bilinear", "bicubic")
+_LUMA = (0.299, 0.587, 0.114)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Preprocess:
+    """Geometry of the image -> model-input transform (checked on construction).
+
+    Attributes:
+        resize: Shorter side after resizing, for a model input of side ``crop`` (``--resize``).
+        crop: The center crop that ``resize`` refers to (``--crop``); the ratio ``crop / resize``
+            is what is applied, at the model's own input size.
+        crop_ratio: The same as one number (``--crop-ratio``); not together with resize/crop.
+        interpolation: ``"bilinear"`` or ``"bicubic"``, or None for the default (bicubic).
+    """
+
+    resize: int | None = None
+    crop: int | None = None
+    crop_ratio: float | None = None
+    interpolation: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.crop_ratio is not None and (self.resize is not None or self.crop is not None):
+            raise ConfigError("--crop-ratio: give either --crop-ratio or --resize/--crop, not both")
+        if (self.resize is None) != (self.crop is None):
+            raise ConfigError("--resize and --crop go together (e.g. --resize 256 --crop 224)")
+        if self.resize is not None and self.crop is not None:
+            if self.resize < 1 or self.crop < 1:
+                raise ConfigError(f"--resize {self.resize} --crop {self.crop}: must be >= 1")
+            if self.crop > self.resize:
+                raise ConfigError(
+                    f"--crop {self.crop} is larger than --resize {self.resize}: the crop is cut "
+                    "from the resized image, so it must not be bigger (e.g. --resize 256 --crop 224)"
+                )
+        if self.crop_ratio is not None and not 0.05 <= self.crop_ratio <= 1:
+            raise ConfigError(f"--crop-ratio {self.crop_ratio}: must be in [0.05, 1] (e.g. 0.875)")
+        if self.interpolation is not None and self.interpolation not in INTERPOLATIONS:
+            raise ConfigError(
+                f"--interpolation {self.interpolation}: use {' or '.join(INTERPOLATIONS)}"
+            )
+
+    def ratio(self, chw: tuple[int, int, int]) -> float:
+        """The crop ratio used for a model input of ``chw``."""
+        if self.crop_ratio is not None:
+            return self.crop_ratio
+        if self.resize is not None and self.crop is not None:
+            return self.crop / self.resize
+        return IMAGENET_CROP_RATIO if min(chw[1:]) >= IMAGENET_SIDE else 1.0
+
+    def mode(self, chw: tuple[int, int, int]) -> str:
+        """The interpolation used for a model input of ``chw``."""
+        if self.interpolation is not None:
+            return self.interpolation
+        return "bicubic" if min(chw[1:]) >= IMAGENET_SIDE else "bilinear"
+
+    def decode_size(self, chw: tuple[int, int, int]) -> tuple[int, int]:
+        """(W, H) a decoder may shrink a big image to (JPEG draft) without losing detail."""
+        ratio = self.ratio(chw)
+        return int(np.ceil(chw[2] / ratio)), int(np.ceil(chw[1] / ratio))
+
+    def describe(self, chw: tuple[int, int, int]) -> dict[str, Any]:
+        """What the report records: the input size, resized shorter side, ratio, interpolation."""
+        ratio = self.ratio(chw)
+        return {
+            "input": list(chw[1:]),
+            "resize_shorter_side": round(min(chw[1:]) / ratio),
+            "crop_ratio": round(ratio, 6),
+            "interpolation": self.mode(chw),
+            "untouched": "images already at the input size",
+        }
+
+    def fit(self, images: np.ndarray, chw: tuple[int, int, int]) -> torch.Tensor:
+        """Fit uint8 N x H x W x C images (C in 1, 3, 4) to ``chw``: uint8 N x C x H x W.
+
+        Raises:
+            UnsupportedModelError: The model input has neither 1 nor 3 channels.
+        """
+        c, h, w = chw
+        if c not in (1, 3):
+            raise UnsupportedModelError(f"model input has {c} channels; only 1 or 3 are supported")
+        images = np.ascontiguousarray(images)
+        if not images.flags.writeable:  # memory maps, decoded PIL buffers: torch wants writable
+            images = images.copy()
+        x = torch.from_numpy(images).permute(0, 3, 1, 2)[:, :3]
+        if x.shape[1:] in ((c, h, w), (1, h, w)):
+            return x.expand(-1, c, -1, -1).clone(memory_format=torch.contiguous_format)
+        y = x.float()
+        if y.shape[1] == 3 and c == 1:
+            y = (y * torch.tensor(_LUMA).view(1, 3, 1, 1)).sum(1, keepdim=True)
+        if y.shape[2:] != (h, w):
+            y = self._resize_crop(y, h, w, self.ratio(chw), self.mode(chw))
+        y = y.round().clamp(0, 255).to(torch.uint8)
+        return y.expand(-1, c, -1, -1).contiguous()
+
+    @staticmethod
+    def _resize_crop(y: torch.Tensor, h: int, w: int, ratio: float, mode: str) -> torch.Tensor:
+        short = round(min(h, w) / ratio)
+        scale = short / min(y.shape[2], y.shape[3])
+        scale = max(scale, h / y.shape[2], w / y.shape[3])  # cover H x W whatever the aspect
+        size = (max(h, round(y.shape[2] * scale)), max(w, round(y.shape[3] * scale)))
+        if size != tuple(y.shape[2:]):
+            y = F.interpolate(y, size=size, mode=mode, antialias=True, align_corners=False)
+        top, left = (y.shape[2] - h) // 2, (y.shape[3] - w) // 2
+        return y[:, :, top : top + h, left : left + w]
