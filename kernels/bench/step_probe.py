@@ -1,4 +1,4 @@
-"""Cycle counts of the VNNI GEMV inner step, alone in L1 (what BENCHMARKS.md session 7 cites).
+"""Cycle counts of the VNNI GEMV inner step, alone in L1 (cited in docs/experiments.md, "Kernels").
 
 Generates, compiles (g++) and runs a small C++ program that times, with no memory traffic beyond
 L1: the throughput of `vpdpbusd` alone, and eight steps of the int4 GEMV loop (eight weight rows,
@@ -22,7 +22,7 @@ FORMS = {
         "vpternlogd $0x6a, %%ymm29, %%ymm30, %%ymm24\\n\\t"
         "vpternlogd $0x6a, %%ymm28, %%ymm31, %%ymm25\\n\\t"
     ),
-    # one load and a register copy (the form kernels/core/vnni.cpp uses since session 7)
+    # one load and a register copy (the form kernels/core/vnni.cpp uses)
     "1 load + copy + 2 vpternlogd + 2 vpdpbusd": (
         "vmovdqu32 {w}(%0), %%ymm25\\n\\tvmovdqa32 %%ymm25, %%ymm24\\n\\t"
         "vpternlogd $0x6a, %%ymm29, %%ymm30, %%ymm24\\n\\t"
