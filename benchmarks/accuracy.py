@@ -218,7 +218,7 @@ def _table(rows: list[dict], fp32: dict[str, float]) -> str:
 
 
 def goals(rows: list[dict], fp32: dict[str, float]) -> list[str]:
-    """Issue 8's goals, each stated as met or not with the number (only those the rows cover)."""
+    """The accuracy goals, each stated as met or not with the number (only those the rows cover)."""
     acc = {(r["net"], r["method"], r["bits"]): r for r in rows}
     out = []
 
@@ -372,11 +372,11 @@ def _publish(rows: list[dict], fp32: dict[str, float], write: bool) -> None:
         "is in `benchmarks/results/accuracy.json`; rerun everything with "
         "`python benchmarks/accuracy.py --write`. Plot: `benchmarks/results/accuracy.png`."
     )
-    text = header + "\n\n" + _table(rows, fp32) + "\n\nGoals of issue 8:\n\n"
+    text = header + "\n\n" + _table(rows, fp32) + "\n\nGoals:\n\n"
     text += "\n".join(goals(rows, fp32))
     print(text)
     if write:
-        write_section("accuracy", "Accuracy (CIFAR-10, onnxruntime on the exported file)", text)
+        write_section("accuracy", "Accuracy by model, width and data", text)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Fuzz the ONNX loader and the image loader with mutated files (issue 9).
+"""Fuzz the ONNX loader and the image loader with mutated files.
 
 Seeds: small valid models (BN kept and folded, the demo CNN) and valid image sources (.npz, .npy,
 PNG and JPEG folders). Each input is a mutation of a seed: random byte flips, truncation, spliced
@@ -226,7 +226,7 @@ def main() -> None:
     )
     print(text)
     if args.write:
-        write_section("fuzz", "Fuzzing the loaders (issue 9)", text)
+        write_section("fuzz", "Fuzzing the loaders", text)
 
 
 if __name__ == "__main__":

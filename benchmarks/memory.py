@@ -1,4 +1,4 @@
-"""Peak memory of ``quantize`` with a proxy folder of 10k and of 100k images (issue 9).
+"""Peak memory of ``quantize`` with a proxy folder of 10k and of 100k images.
 
 Generates PNG images (random smooth colour fields, 48 x 48) into a temporary folder, runs
 ``zerop-deploy quantize MODEL --proxy FOLDER --steps 20`` on each size and records the child's
@@ -64,7 +64,7 @@ def main() -> None:
     )
     print(text)
     if args.write:
-        write_section("memory", "Memory with big proxy folders (issue 9)", text)
+        write_section("memory", "Memory with big proxy folders", text)
 
 
 def _make_images_range(folder: Path, start: int, stop: int) -> None:

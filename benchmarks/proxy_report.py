@@ -128,7 +128,7 @@ def publish(doc: dict, steps: int, *, write: bool) -> None:
     text = report(doc, steps)
     print(text)
     if write:
-        write_section("proxy", "Proxy-data selection (issue 7)", text)
+        write_section("proxy", "Proxy-data selection", text)
 
 
 if __name__ == "__main__":

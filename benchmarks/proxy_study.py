@@ -1,4 +1,4 @@
-"""Does the BNS distance predict which proxy set gives the best quantized model? (issue 7)
+"""Does the BNS distance predict which proxy set gives the best quantized model?
 
 For each network: ``zerop-deploy select-proxy`` over every proxy candidate of ``../shared/data``
 (all files but the two ``cifar10_*``), the built-in pool and a Gaussian-noise set; then, for each

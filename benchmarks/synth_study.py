@@ -1,4 +1,4 @@
-"""Synthetic data (issue 4): speed, closeness to the stored BN statistics, and the ZeroP mix.
+"""Synthetic data: speed, closeness to the stored BN statistics, and the ZeroP mix.
 
 1. Speed: ``zerop-deploy synth MODEL -n 1024`` at default settings (wall time, images/s,
    iterations), for each network.
@@ -180,7 +180,7 @@ def main() -> None:
     text = report(doc)
     print(text)
     if args.write:
-        write_section("synth", "Synthetic data (issue 4)", text)
+        write_section("synth", "Synthetic data", text)
 
 
 if __name__ == "__main__":

@@ -100,11 +100,11 @@ ZEROP_VNNI inline Vec<k512> splat8(char v) {
 // vmovdqa per 16 vpdpbusd); with arrays in the asm operands it keeps them on the stack.
 // Each step loads its weight bytes once and copies the register for the second vpternlogd
 // (a register move, resolved at rename): two loads of the same bytes measured 2-8 % slower
-// (BENCHMARKS.md, session 7).
+// (docs/experiments.md, "Kernels").
 // k512: each step takes two chunks (64 bytes of each weight row, one load) on 512-bit vectors,
 // the two chunks' activations side by side, and [c0, c1) must hold an even number of chunks.
 // Zen 4 splits every 512-bit operation in two, so the arithmetic costs the same; what it saves
-// is half of the loads and instructions, and the hot GEMV ran 1.1-1.3x faster (session 7).
+// is half of the loads and instructions, and the hot GEMV ran 1.1-1.3x faster.
 template <bool kShiftHi, bool k512>
 ZEROP_VNNI __attribute__((always_inline)) inline void wide_products(
     const int8_t* a, const uint8_t* w, int64_t ldw, int64_t c0, int64_t c1, __m256i (*lo)[8],
