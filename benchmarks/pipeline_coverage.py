@@ -1,4 +1,4 @@
-"""Whole-pipeline coverage: torchvision architectures through ``zerop-deploy quantize`` and stock onnxruntime.
+"""Whole-pipeline coverage: torchvision architectures through quantize and stock onnxruntime.
 
 For every architecture (random weights, ``weights=None``: coverage, not accuracy; the smallest
 input side each accepts, tried from 32 up to 224) and every export of it:
@@ -157,7 +157,8 @@ def quantize_row(model: Path, side: int, width: str, folder: Path, timeout: floa
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        return {"status": "failed", "reason": f"timed out after {timeout:.0f} s", "seconds": timeout}
+        return {"status": "failed", "reason": f"timed out after {timeout:.0f} s",
+                "seconds": timeout}  # fmt: skip
     row: dict = {"seconds": round(time.perf_counter() - t0, 1), "exit_code": proc.returncode}
     stderr = [line for line in proc.stderr.splitlines() if line.strip()]
     last = stderr[-1] if stderr else ""
@@ -251,11 +252,14 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         by_entry.setdefault((r["model"], r["export"]), {})[r["width"]] = r
     reasons: Counter = Counter()
-    for (model, how), cells in sorted(by_entry.items(), key=lambda kv: (kv[0][0], list(EXPORTS).index(kv[0][1]))):
+    order = list(EXPORTS)
+    for (model, how), cells in sorted(by_entry.items(), key=lambda kv: (kv[0][0],
+                                                                        order.index(kv[0][1]))):
         side = next((c.get("side") for c in cells.values() if c.get("side")), None)
         shown = [_cell(cells[w]) if w in cells else "-" for w in widths]
         secs = sum(c.get("seconds", 0) for c in cells.values())
-        lines.append(f"| {model} | {how} | {side or '-'} | " + " | ".join(shown) + f" | {secs:.0f} |")
+        row = f"| {model} | {how} | {side or '-'} | " + " | ".join(shown)
+        lines.append(row + f" | {secs:.0f} |")
         for c in cells.values():
             if c["status"] != "ok":
                 reasons[(c["status"], c.get("reason", ""))] += 1

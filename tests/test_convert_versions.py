@@ -36,7 +36,7 @@ def _model(nodes, inits, x_shape, opset=20) -> onnx.ModelProto:
 
 
 def test_constant_cast_shape_constantofshape_identity_equal_at_opset_20():
-    """The ops of a ReLU6 bound and of an attention mask, as the TorchScript exporter writes them."""
+    """The ops of a ReLU6 bound and an attention mask, as the TorchScript exporter writes them."""
     one = helper.make_tensor("one", TensorProto.FLOAT, [], [1.5])
     nodes = [
         helper.make_node("Constant", [], ["c"], value=one),

@@ -508,7 +508,7 @@ def test_all_zero_channel_gets_a_usable_scale(cnn_bn):
 
 
 def test_int32_bias_beyond_the_range_is_clipped_like_the_student(cnn_bn):
-    """A degenerate (tiny) input scale: the bias levels clip at +-(2^31 - 1), as the student's do."""
+    """A degenerate (tiny) input scale: bias levels clip at +-(2^31 - 1), as the student's do."""
     import torch
 
     from zerop_deploy.quant.modules import ActQuantizer, QuantConv

@@ -22,7 +22,8 @@ def clip_relu_model() -> onnx.ModelProto:
     rng = np.random.default_rng(3)
 
     def init(name, *shape, scale=0.5):
-        return numpy_helper.from_array((rng.standard_normal(shape) * scale).astype(np.float32), name)
+        values = (rng.standard_normal(shape) * scale).astype(np.float32)
+        return numpy_helper.from_array(values, name)
 
     consts = [
         numpy_helper.from_array(np.array(v, np.float32), n)
@@ -126,7 +127,9 @@ def test_int4_zero_point_input_after_relu_is_what_onnxruntime_misreads():
     x = {"x": np.random.default_rng(1).standard_normal((2, 4, 3, 3)).astype(np.float32) * 3}
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    plain = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    plain = ort.InferenceSession(
+        model.SerializeToString(), opts, providers=["CPUExecutionProvider"]
+    )
     ref = plain.run(None, x)[0]
     got = _default_session(model).run(None, x)[0]
     assert np.abs(got - ref).max() > 0.1, "onnxruntime now keeps the Relu: drop the workaround?"

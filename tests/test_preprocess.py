@@ -1,4 +1,4 @@
-"""The one image -> model-input transform: ImageNet resize + center crop, options and their checks."""
+"""The one image -> model-input transform: ImageNet resize + center crop, options, checks."""
 
 from __future__ import annotations
 
@@ -113,7 +113,7 @@ def test_lite0_fp32_top1_on_imagenet_eval_is_the_standard_figure():
     model = shared_path("models", "efficientnet_lite0_imagenet.onnx")
     folder = shared_path("data", "imagenet_eval")
     if not (model.exists() and folder.exists()):
-        pytest.skip("needs ../shared/models/efficientnet_lite0_imagenet.onnx and data/imagenet_eval")
+        pytest.skip("needs ../shared: models/efficientnet_lite0_imagenet.onnx, data/imagenet_eval")
     sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     correct = n = 0
     for chunk in iter_batches(open_source(folder), (3, 224, 224), batch=250):

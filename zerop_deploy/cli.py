@@ -25,10 +25,10 @@ from zerop_deploy._cli_util import (
     json_option,
     make_preprocess,
     mean_option,
+    preprocess_options,
     print_json,
     seed_option,
     sigterm_interrupts,
-    preprocess_options,
     std_option,
 )
 from zerop_deploy.cli_quantize import quantize_cmd

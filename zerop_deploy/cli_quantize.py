@@ -15,9 +15,9 @@ from zerop_deploy._cli_util import (
     interrupted_code,
     make_preprocess,
     mean_option,
+    preprocess_options,
     print_json,
     seed_option,
-    preprocess_options,
     std_option,
 )
 from zerop_deploy.errors import QualityGateError

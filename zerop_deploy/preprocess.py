@@ -13,7 +13,8 @@ crop 224"), written as a crop ratio so that it holds for any input size:
 whole image, only the longer side is cropped). Left unset, inputs of at least
 :data:`IMAGENET_SIDE` pixels get ratio 0.875 and bicubic interpolation (the reference evaluation of
 EfficientNet and timm's default; torchvision's classic ResNet transform is bilinear), smaller
-inputs get ratio 1.0 and bilinear (CIFAR-size networks see whole images). An image already at the input size is never touched. An
+inputs get ratio 1.0 and bilinear (CIFAR-size networks see whole images). An image already at the
+input size is never touched. An
 alpha channel is dropped, gray is replicated to RGB, RGB becomes gray by luminance.
 """
 
@@ -29,7 +30,7 @@ import torch.nn.functional as F
 from zerop_deploy.errors import ConfigError, UnsupportedModelError
 
 IMAGENET_SIDE = 128
-"""Inputs with a shorter side of at least this many pixels get the ImageNet crop ratio by default."""
+"""Inputs whose shorter side has at least this many pixels get the ImageNet defaults."""
 
 IMAGENET_CROP_RATIO = 0.875
 """224 / 256: the default crop ratio of ImageNet-size inputs."""
@@ -66,7 +67,7 @@ class Preprocess:
             if self.crop > self.resize:
                 raise ConfigError(
                     f"--crop {self.crop} is larger than --resize {self.resize}: the crop is cut "
-                    "from the resized image, so it must not be bigger (e.g. --resize 256 --crop 224)"
+                    "from the resized image, so it cannot be bigger (--resize 256 --crop 224)"
                 )
         if self.crop_ratio is not None and not 0.05 <= self.crop_ratio <= 1:
             raise ConfigError(f"--crop-ratio {self.crop_ratio}: must be in [0.05, 1] (e.g. 0.875)")

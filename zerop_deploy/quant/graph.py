@@ -153,7 +153,9 @@ def nonnegative_values(proto: onnx.ModelProto) -> set[str]:
     return nonneg
 
 
-COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum", "LSTM", "GRU", "RNN", "Attention")
+COMPUTE_OPS = (
+    "Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum", "LSTM", "GRU", "RNN", "Attention",
+)  # fmt: skip
 """Ops that carry the arithmetic of a network: each one not quantized is listed with its reason."""
 
 QUANTIZATION_SCHEME = {
