@@ -185,7 +185,8 @@ def measure(path: Path, result: Result) -> Result:
     it.
     """
     from zerop_deploy.convert.prepare import prepare_for_onnx2torch
-    from zerop_deploy.load import opset_of, read_model
+    from zerop_deploy.load import read_model
+    from zerop_deploy.onnx_facts import opset_of
 
     try:
         proto = read_model(path)

@@ -25,9 +25,10 @@ from zerop_deploy.export import (
     stored_weight_scale,
 )
 from zerop_deploy.load import convert_model, random_inputs, read_model, run_onnxruntime, run_torch
+from zerop_deploy.onnx_facts import constant_tensors
 from zerop_deploy.quant import primitives as P
 from zerop_deploy.quant.qparams import ActQuant, LayerQuant
-from zerop_deploy.summary import constant_tensors, quantizable_layers
+from zerop_deploy.summary import quantizable_layers
 
 # --------------------------------------------------------------------------------------------------
 # building LayerQuant lists by hand

@@ -10,10 +10,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from zerop_deploy import _onnx_graph as g
 from zerop_deploy.errors import ExportError
+from zerop_deploy.onnx_facts import QUANTIZABLE_OPS, constant_tensors, consumers
 from zerop_deploy.quant.qparams import LayerQuant
-from zerop_deploy.summary import QUANTIZABLE_OPS, constant_tensors
 
 
 def check_layers(proto: onnx.ModelProto, layers: list[LayerQuant]) -> None:
@@ -27,7 +26,7 @@ def check_layers(proto: onnx.ModelProto, layers: list[LayerQuant]) -> None:
     for node in graph.node:
         by_name.setdefault(node.name, []).append(node)
     consts = constant_tensors(graph)
-    users = g.consumers(graph)
+    users = consumers(graph)
     graph_outputs = {o.name for o in graph.output}
     seen: set[str] = set()
     for lq in layers:

@@ -12,6 +12,7 @@ import onnx
 from onnx import helper, version_converter
 
 from zerop_deploy.errors import ExportError
+from zerop_deploy.onnx_facts import opset_of
 
 
 def _subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
@@ -61,16 +62,6 @@ class NameMaker:
         return name
 
 
-def consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
-    """Map each value name to the top-level nodes of ``graph`` that read it."""
-    out: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in set(node.input):
-            if name:
-                out.setdefault(name, []).append(node)
-    return out
-
-
 def dead_nodes(graph: onnx.GraphProto) -> set[str]:
     """Return the names of nodes none of whose outputs is read (the user's own dead code)."""
     used = used_names(graph)
@@ -118,14 +109,6 @@ def _remove_where(field, pred) -> None:  # type: ignore[no-untyped-def]
         field.extend(keep)
 
 
-def default_opset(proto: onnx.ModelProto) -> int:
-    """Return the version of the default ("" / "ai.onnx") domain the model imports (0 if none)."""
-    for imp in proto.opset_import:
-        if imp.domain in ("", "ai.onnx"):
-            return int(imp.version)
-    return 0
-
-
 def upgrade_opset(proto: onnx.ModelProto, target: int) -> onnx.ModelProto:
     """Return a copy of ``proto`` with the default domain converted to opset ``target``.
 
@@ -144,7 +127,7 @@ def upgrade_opset(proto: onnx.ModelProto, target: int) -> onnx.ModelProto:
         new = version_converter.convert_version(proto, target)
     except Exception as e:  # the converter raises RuntimeError/ValueError/its own types
         raise ExportError(
-            f"model: cannot convert opset {default_opset(proto)} to {target} with "
+            f"model: cannot convert opset {opset_of(proto)} to {target} with "
             f"onnx.version_converter ({e}); re-export the model with opset >= {target}"
         ) from e
     maker = NameMaker(all_names(new.graph) | all_names(proto.graph))

@@ -333,7 +333,7 @@ def bench(
 
     """
     from zerop_deploy.load import random_inputs, read_model
-    from zerop_deploy.summary import constant_tensors
+    from zerop_deploy.onnx_facts import constant_tensors
 
     threads = int(threads or os.cpu_count() or 1)
     proto = read_model(model_path)

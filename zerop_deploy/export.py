@@ -53,6 +53,7 @@ from zerop_deploy import _onnx_graph as g
 from zerop_deploy._export_checks import check_layers
 from zerop_deploy.errors import ExportError
 from zerop_deploy.fileio import atomic_write_bytes
+from zerop_deploy.onnx_facts import opset_of
 from zerop_deploy.quant.primitives import pack_int4
 from zerop_deploy.quant.qparams import ActQuant, LayerQuant
 
@@ -167,7 +168,7 @@ def _copy(proto: onnx.ModelProto) -> onnx.ModelProto:
 
 def _target_opset(proto: onnx.ModelProto, layers: list[LayerQuant]) -> int:
     """Return the opset to upgrade to, or 0 when the model's own opset can carry the export."""
-    opset = g.default_opset(proto)
+    opset = opset_of(proto)
     needs_int4 = any(lq.wbits == 4 or (lq.act is not None and lq.act.bits == 4) for lq in layers)
     need = INT4_OPSET if needs_int4 else PER_AXIS_OPSET
     return need if opset < need else 0
@@ -397,7 +398,7 @@ def _set_metadata(model: onnx.ModelProto, layers: list[LayerQuant]) -> None:
         "weight_bits": sorted({lq.wbits for lq in layers}),
         "activation_bits": sorted({lq.act.bits for lq in layers if lq.act is not None}),
         "folded_batchnorms": sum(lq.folded_bn is not None for lq in layers),
-        "opset": g.default_opset(model),
+        "opset": opset_of(model),
     }
     value = json.dumps(doc, separators=(",", ":"))
     for prop in model.metadata_props:

@@ -31,6 +31,7 @@ from zerop_deploy._tensor_checks import (
     graph_constants,
 )
 from zerop_deploy.errors import InputError, UnsupportedModelError, ValidationError
+from zerop_deploy.onnx_facts import opset_of
 
 if TYPE_CHECKING:
     import torch
@@ -221,14 +222,6 @@ def ensure_node_names(proto: onnx.ModelProto) -> onnx.ModelProto:
 # --------------------------------------------------------------------------------------------------
 # conversion
 # --------------------------------------------------------------------------------------------------
-
-
-def opset_of(proto: onnx.ModelProto, domain: str = "") -> int:
-    """The opset version the model imports for ``domain`` ("" and "ai.onnx" are the same)."""
-    for imp in proto.opset_import:
-        if imp.domain in (domain, "ai.onnx" if domain == "" else domain):
-            return int(imp.version)
-    return 0
 
 
 def _missing_converters(proto: onnx.ModelProto) -> list[onnx.NodeProto]:

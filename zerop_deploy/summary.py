@@ -25,9 +25,8 @@ from zerop_deploy.load import (
     graph_inputs,
     read_model,
 )
-
-QUANTIZABLE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-"""Ops whose constant weight the quantizer replaces by integers."""
+from zerop_deploy.onnx_facts import QUANTIZABLE_OPS, constant_tensors, opset_of
+from zerop_deploy.quant.graph import float_nodes
 
 _FLOAT_TYPES = {
     onnx.TensorProto.FLOAT,
@@ -35,17 +34,6 @@ _FLOAT_TYPES = {
     onnx.TensorProto.FLOAT16,
     onnx.TensorProto.BFLOAT16,
 }
-
-
-def constant_tensors(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
-    """Values of the graph that are constants: initializers and outputs of Constant nodes."""
-    consts: dict[str, onnx.TensorProto] = {t.name: t for t in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant" and node.output:
-            for attr in node.attribute:
-                if attr.name == "value" and attr.HasField("t"):
-                    consts[node.output[0]] = attr.t
-    return consts
 
 
 def _value_info_dict(v: onnx.ValueInfoProto) -> dict[str, Any]:
@@ -98,13 +86,10 @@ def summarize(proto: onnx.ModelProto, path: str | os.PathLike[str] = "") -> dict
     Besides DESIGN.md's keys, ``float_nodes`` lists the compute nodes quantize will leave in float
     and why (:func:`zerop_deploy.quant.graph.float_nodes`).
     """
-    from zerop_deploy.quant.graph import float_nodes
-
     counts = Counter(n.op_type for n in proto.graph.node)
-    default_opset = [imp.version for imp in proto.opset_import if imp.domain in ("", "ai.onnx")]
     return {
         "path": str(path),
-        "opset": int(default_opset[0]) if default_opset else None,
+        "opset": opset_of(proto) or None,
         "ir_version": int(proto.ir_version),
         "inputs": [_value_info_dict(v) for v in graph_inputs(proto)],
         "outputs": [_value_info_dict(v) for v in proto.graph.output],

@@ -22,7 +22,8 @@ from collections.abc import Iterable
 import onnx
 import torch
 
-from zerop_deploy.quant.graph import consumers, int_attribute, producers
+from zerop_deploy.onnx_facts import consumers, producers
+from zerop_deploy.quant.graph import int_attribute
 from zerop_deploy.quant.modules import QuantConv, float_mode
 
 _S_RANGE = (1e-3, 1e3)  # guards against dead channels and empty weights
@@ -35,7 +36,7 @@ def equalization_pairs(proto: onnx.ModelProto, plan: list) -> list[tuple[str, st
     from a quantized Conv A (or from the BatchNorm folded into A), possibly through a ReLU that
     has no other reader either.
     """
-    prod, cons = producers(proto), consumers(proto)
+    prod, cons = producers(proto.graph), consumers(proto.graph)
     nodes = {n.name: n for n in proto.graph.node}
     graph_outputs = {o.name for o in proto.graph.output}
 

@@ -8,13 +8,11 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
-
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from zerop_deploy.summary import constant_tensors
+from zerop_deploy.onnx_facts import constant_tensors, consumers
 
 # Ops whose output is >= 0 whatever their input.
 _NONNEG_PRODUCERS = {"Relu", "Sigmoid", "HardSigmoid", "Softmax", "Abs", "Exp", "Softplus"}
@@ -59,21 +57,6 @@ def int_attribute(node: onnx.NodeProto, name: str, default: int) -> int:
     return next((int(a.i) for a in node.attribute if a.name == name), default)
 
 
-def producers(proto: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
-    """Value name -> the node that produces it."""
-    return {out: node for node in proto.graph.node for out in node.output}
-
-
-def consumers(proto: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
-    """Value name -> the nodes that read it."""
-    users: dict[str, list[onnx.NodeProto]] = defaultdict(list)
-    for node in proto.graph.node:
-        for name in node.input:
-            if name:
-                users[name].append(node)
-    return users
-
-
 def resolved_constants(proto: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
     """Constants of the graph, including outputs of Identity nodes that read a constant.
 
@@ -102,7 +85,7 @@ def bn_parameters(
 
 def conv_bn_pairs(proto: onnx.ModelProto) -> dict[str, str]:
     """Conv node name -> the BatchNormalization node that alone consumes its output (foldable)."""
-    users = consumers(proto)
+    users = consumers(proto.graph)
     graph_outputs = {o.name for o in proto.graph.output}
     consts = resolved_constants(proto)
     pairs = {}

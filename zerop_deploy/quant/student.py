@@ -25,6 +25,7 @@ from torch import nn
 
 from zerop_deploy.config import QuantConfig
 from zerop_deploy.errors import ConfigError
+from zerop_deploy.onnx_facts import QUANTIZABLE_OPS, constant_tensors
 from zerop_deploy.quant.finite import onnx_nodes
 from zerop_deploy.quant.graph import (
     bn_parameters,
@@ -42,7 +43,6 @@ from zerop_deploy.quant.modules import (
     QuantMatMul,
 )
 from zerop_deploy.quant.qparams import ActQuant, LayerQuant
-from zerop_deploy.summary import QUANTIZABLE_OPS, constant_tensors
 
 
 @dataclass(frozen=True)

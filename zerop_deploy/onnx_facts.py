@@ -1,0 +1,46 @@
+"""Facts about an ONNX graph that every stage reads: one definition each.
+
+Constants, who produces and who reads a value, the opset, which ops carry a quantizable weight.
+Pure functions of a ``GraphProto``/``ModelProto``; nothing here imports the rest of the package.
+"""
+
+from __future__ import annotations
+
+import onnx
+
+QUANTIZABLE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+"""Ops whose constant weight the quantizer replaces by integers."""
+
+
+def constant_tensors(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
+    """Values of the graph that are constants: initializers and outputs of Constant nodes."""
+    consts: dict[str, onnx.TensorProto] = {t.name: t for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output:
+            for attr in node.attribute:
+                if attr.name == "value" and attr.HasField("t"):
+                    consts[node.output[0]] = attr.t
+    return consts
+
+
+def producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
+    """Value name -> the top-level node of ``graph`` that produces it."""
+    return {out: node for node in graph.node for out in node.output if out}
+
+
+def consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    """Value name -> the top-level nodes of ``graph`` that read it (each node once)."""
+    out: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in dict.fromkeys(node.input):
+            if name:
+                out.setdefault(name, []).append(node)
+    return out
+
+
+def opset_of(proto: onnx.ModelProto, domain: str = "") -> int:
+    """The opset the model imports for ``domain`` ("" and "ai.onnx" are one; 0 if none)."""
+    for imp in proto.opset_import:
+        if imp.domain in (domain, "ai.onnx" if domain == "" else domain):
+            return int(imp.version)
+    return 0
