@@ -11,7 +11,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from zerop_deploy.errors import ExportError
-from zerop_deploy.onnx_facts import QUANTIZABLE_OPS, constant_tensors, consumers
+from zerop_deploy.onnx_facts import QUANTIZABLE_OPS, constant_tensors, consumers, gemm_scales
 from zerop_deploy.quant.qparams import LayerQuant
 
 
@@ -84,7 +84,7 @@ def _output_axis(node: onnx.NodeProto, ndim: int, dims: tuple[int, ...]) -> tupl
     if node.op_type == "ConvTranspose":
         return 1, dims[1] * int(attrs.get("group", 1))
     if node.op_type == "Gemm":
-        if attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0:
+        if gemm_scales(node):
             raise ExportError(
                 f"node '{node.name}': Gemm with alpha or beta other than 1 is not "
                 "supported; re-export the model with alpha=beta=1"

@@ -38,6 +38,14 @@ def consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
     return out
 
 
+def gemm_scales(node: onnx.NodeProto) -> bool:
+    """True when a Gemm scales its product or bias (``alpha`` or ``beta`` other than 1).
+
+    Such a Gemm is not quantized: its weight and bias would not be the layer's own.
+    """
+    return any(a.name in ("alpha", "beta") and a.f != 1.0 for a in node.attribute)
+
+
 def opset_of(proto: onnx.ModelProto, domain: str = "") -> int:
     """The opset the model imports for ``domain`` ("" and "ai.onnx" are one; 0 if none)."""
     for imp in proto.opset_import:

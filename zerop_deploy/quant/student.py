@@ -25,7 +25,7 @@ from torch import nn
 
 from zerop_deploy.config import QuantConfig
 from zerop_deploy.errors import ConfigError
-from zerop_deploy.onnx_facts import QUANTIZABLE_OPS, constant_tensors
+from zerop_deploy.onnx_facts import QUANTIZABLE_OPS, constant_tensors, gemm_scales
 from zerop_deploy.quant.finite import onnx_nodes
 from zerop_deploy.quant.graph import (
     bn_parameters,
@@ -224,8 +224,7 @@ def _quant_layer(
     if node.op_type == "ConvTranspose" and isinstance(module, nn.modules.conv._ConvTransposeNd):
         return QuantConvTranspose(module, wbits, act), ""
     if node.op_type == "Gemm":
-        attrs = {a.name: a for a in node.attribute}
-        if any(attrs[k].f != 1.0 for k in ("alpha", "beta") if k in attrs):
+        if gemm_scales(node):
             return None, "Gemm with alpha/beta != 1 is kept in float"
         if isinstance(module, nn.Linear):
             return QuantLinear(module, wbits, act), ""
