@@ -230,3 +230,17 @@ def test_convtranspose_and_matmul_are_quantized_and_exported_exactly():
     q = export_qdq(proto, layer_quants(student, plan, proto), int32_bias=True)
     got = run_onnxruntime(q, {"x": x.numpy()})[0]
     np.testing.assert_allclose(got, expect, rtol=1e-4, atol=1e-4)
+
+
+def test_gemm_that_scales_its_product_is_kept_in_float_with_the_reason():
+    from tests.helpers import one_node_model
+    from zerop_deploy.quant.student import build_student
+
+    rng = np.random.default_rng(0)
+    model = one_node_model(
+        "Gemm", {"x": (2, 4)}, None, opset=17, attrs={"alpha": 2.0, "transB": 1},
+        initializers={"w": rng.standard_normal((3, 4)).astype(np.float32),
+                      "b": rng.standard_normal(3).astype(np.float32)},
+    )  # fmt: skip
+    _student, plan = build_student(convert_model(model), model, QuantConfig())
+    assert [p.skipped for p in plan] == ["Gemm with alpha/beta != 1 is kept in float"]
