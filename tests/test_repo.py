@@ -36,6 +36,7 @@ LAYERS = (
     }),  # fmt: skip
     ("engine", {"quant"}),
     ("leaves", {"errors", "config", "preprocess", "fileio", "_progress", "onnx_facts", "__init__",
+                "_allocator",
                 "__version__"}),  # fmt: skip
 )
 

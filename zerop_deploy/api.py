@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from zerop_deploy._allocator import keep_freed_memory
 from zerop_deploy._finetune import fine_tune
 from zerop_deploy._report import add_layer_sqnr, header, training_section, validation
 from zerop_deploy.config import DataConfig, QuantConfig, SynthConfig, TrainConfig
@@ -138,6 +139,7 @@ def _quantize_locked(
     if min_agreement is not None and not 0 <= min_agreement <= 1:
         raise ConfigError(f"--min-agreement {min_agreement}: must be a fraction in [0, 1]")
     device = resolve_device(train.device)
+    keep_freed_memory()  # big tensors are reallocated every step: no page-fault storm
     torch.manual_seed(train.seed)
     from zerop_deploy._preflight import preflight, preflight_images
     from zerop_deploy._proxy import Sources, proxy_data
@@ -277,6 +279,7 @@ def select_proxy(
     sources = Sources(data, seed)(*data.candidates)
     loaded = load_model(model)
     chw = image_input_chw(loaded.proto, str(model))
+    keep_freed_memory()
     teacher = loaded.module.to(resolve_device(device)).eval()
     with bar(len(sources), "scoring candidates", enabled=progress) as shown:
         method, ranking = rank_candidates(
@@ -361,6 +364,7 @@ def _synthesize_locked(
     if preview is not None:
         preview = check_output_path(preview, [src, out])
     dev = resolve_device(device)
+    keep_freed_memory()
     loaded = load_model(src)
     chw = image_input_chw(loaded.proto, str(src))
     teacher = loaded.module.to(dev).eval()
