@@ -104,7 +104,9 @@ def test_float_nodes_name_attention_products_and_computed_weights():
         helper.make_node("MatMul", ["x", "w"], ["q"], name="proj"),  # quantized: constant weight
         helper.make_node("Transpose", ["q"], ["kt"], name="t", perm=[1, 0]),
         helper.make_node("MatMul", ["q", "kt"], ["scores"], name="scores"),
-        helper.make_node("Einsum", ["scores", "q"], ["y"], name="mix", equation="ij,jk->ik"),
+        helper.make_node("Einsum", ["scores", "q"], ["e"], name="mix", equation="ij,jk->ik"),
+        helper.make_node("Identity", ["w"], ["w_copy"], name="copy"),
+        helper.make_node("MatMul", ["e", "w_copy"], ["y"], name="out"),  # weight behind Identity
     ]
     graph = helper.make_graph(
         nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 4])],
@@ -112,9 +114,11 @@ def test_float_nodes_name_attention_products_and_computed_weights():
     )  # fmt: skip
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     found = {f["node"]: f for f in float_nodes(model)}
-    assert set(found) == {"scores", "mix"}
+    assert set(found) == {"scores", "mix", "out"}  # every compute node: quantized or listed
+    assert "through an Identity node" in found["out"]["reason"]
+    assert [q["node"] for q in quantizable_layers(model)] == ["proj"]
     assert "both operands are activations" in found["scores"]["reason"]
     assert "Einsum" in found["mix"]["reason"]
     text = format_summary({**summarize(model, "m.onnx"), "conversion": {"ok": True,
                                                                         "max_abs_diff": 0.0}})
-    assert "kept in float (2 compute nodes)" in text and "scores (MatMul)" in text
+    assert "kept in float (3 compute nodes)" in text and "scores (MatMul)" in text

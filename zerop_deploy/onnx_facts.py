@@ -23,6 +23,18 @@ def constant_tensors(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
     return consts
 
 
+def quantizable_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    """The nodes the quantizer replaces by integer layers, in graph order.
+
+    Conv, ConvTranspose, Gemm and MatMul nodes whose second input (the weight) is a constant.
+    """
+    consts = constant_tensors(graph)
+    return [
+        n for n in graph.node
+        if n.op_type in QUANTIZABLE_OPS and len(n.input) > 1 and n.input[1] in consts
+    ]  # fmt: skip
+
+
 def producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
     """Value name -> the top-level node of ``graph`` that produces it."""
     return {out: node for node in graph.node for out in node.output if out}

@@ -25,7 +25,7 @@ from zerop_deploy.load import (
     graph_inputs,
     read_model,
 )
-from zerop_deploy.onnx_facts import QUANTIZABLE_OPS, constant_tensors, opset_of
+from zerop_deploy.onnx_facts import constant_tensors, opset_of, quantizable_nodes
 from zerop_deploy.quant.graph import float_nodes
 
 _FLOAT_TYPES = {
@@ -48,18 +48,14 @@ def _value_info_dict(v: onnx.ValueInfoProto) -> dict[str, Any]:
 def quantizable_layers(proto: onnx.ModelProto) -> list[dict[str, Any]]:
     """Conv, ConvTranspose, Gemm and MatMul nodes whose weight (input 1) is a constant."""
     consts = constant_tensors(proto.graph)
-    layers = []
-    for node in proto.graph.node:
-        if node.op_type in QUANTIZABLE_OPS and len(node.input) > 1 and node.input[1] in consts:
-            weight = consts[node.input[1]]
-            layers.append(
-                {
-                    "node": node.name,
-                    "op": node.op_type,
-                    "weight_shape": [int(d) for d in weight.dims],
-                }
-            )
-    return layers
+    return [
+        {
+            "node": node.name,
+            "op": node.op_type,
+            "weight_shape": [int(d) for d in consts[node.input[1]].dims],
+        }
+        for node in quantizable_nodes(proto.graph)
+    ]
 
 
 def parameter_count(proto: onnx.ModelProto) -> int:

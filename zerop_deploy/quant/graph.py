@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from zerop_deploy.onnx_facts import constant_tensors, consumers
+from zerop_deploy.onnx_facts import QUANTIZABLE_OPS, constant_tensors, consumers, quantizable_nodes
 
 # Ops whose output is >= 0 whatever their input.
 _NONNEG_PRODUCERS = {"Relu", "Sigmoid", "HardSigmoid", "Softmax", "Abs", "Exp", "Softplus"}
@@ -164,25 +164,24 @@ QUANTIZATION_SCHEME = {
 def float_nodes(proto: onnx.ModelProto) -> list[dict[str, str]]:
     """Compute nodes (:data:`COMPUTE_OPS`) the quantizer leaves in float, each with the reason.
 
-    A Conv, ConvTranspose, Gemm or MatMul is quantized when its weight (input 1) is a constant; the
-    others are listed here: products of two activations (attention scores and their weighted sum),
-    weights computed at run time, and ops the quantizer has no integer form for.
+    A node is quantized exactly when :func:`~zerop_deploy.onnx_facts.quantizable_nodes` lists it;
+    the others are listed here: products of two activations (attention scores and their weighted
+    sum), weights computed at run time or behind an Identity, and ops without an integer form.
     """
+    quantized = {n.name for n in quantizable_nodes(proto.graph)}
     consts = resolved_constants(proto)
     out = []
     for node in proto.graph.node:
-        if node.op_type not in COMPUTE_OPS:
+        if node.op_type not in COMPUTE_OPS or node.name in quantized:
             continue
         weight = node.input[1] if len(node.input) > 1 else ""
-        if node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
-            if weight in consts:
-                continue
-            reason = (
-                "both operands are activations (e.g. attention); runs in float"
-                if node.op_type in ("MatMul", "Gemm")
-                else f"its weight '{weight}' is computed at run time, not a constant; runs in float"
-            )
+        if node.op_type not in QUANTIZABLE_OPS:
+            reason = f"{node.op_type} has no integer form here"
+        elif weight in consts:
+            reason = f"its weight '{weight}' is a constant read through an Identity node"
+        elif node.op_type in ("MatMul", "Gemm"):
+            reason = "both operands are activations (e.g. attention)"
         else:
-            reason = f"{node.op_type} has no integer form here; runs in float"
-        out.append({"node": node.name, "op": node.op_type, "reason": reason})
+            reason = f"its weight '{weight}' is computed at run time, not a constant"
+        out.append({"node": node.name, "op": node.op_type, "reason": f"{reason}; runs in float"})
     return out

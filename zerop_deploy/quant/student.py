@@ -25,7 +25,7 @@ from torch import nn
 
 from zerop_deploy.config import QuantConfig
 from zerop_deploy.errors import ConfigError
-from zerop_deploy.onnx_facts import QUANTIZABLE_OPS, constant_tensors, gemm_scales
+from zerop_deploy.onnx_facts import gemm_scales, quantizable_nodes
 from zerop_deploy.quant.finite import onnx_nodes
 from zerop_deploy.quant.graph import (
     bn_parameters,
@@ -127,7 +127,7 @@ def build_student(
     nodes = {n.name: n for n in proto.graph.node}
     bn_of = conv_bn_pairs(proto) if config.fold_bn else {}
     nonneg = nonnegative_values(proto)
-    candidates = quantizable_nodes(proto)
+    candidates = [n.name for n in quantizable_nodes(proto.graph)]
     check_layer_names(proto, config, candidates)
     student.meta["onnx_nodes"] = onnx_nodes(proto)  # calibration names the node of a NaN
     edges = {candidates[0], candidates[-1]} if candidates else set()  # first and last layer
@@ -157,19 +157,6 @@ def build_student(
     return student, plan
 
 
-def quantizable_nodes(proto: onnx.ModelProto) -> list[str]:
-    """Names of the nodes the student quantizes, in graph order.
-
-    Conv, ConvTranspose, Gemm and MatMul nodes whose second input (the weight) is a constant.
-    """
-    consts = constant_tensors(proto.graph)
-    return [
-        n.name
-        for n in proto.graph.node
-        if n.op_type in QUANTIZABLE_OPS and len(n.input) > 1 and n.input[1] in consts
-    ]
-
-
 def check_layer_names(
     proto: onnx.ModelProto, config: QuantConfig, quantizable: list[str] | None = None
 ) -> None:
@@ -178,13 +165,15 @@ def check_layer_names(
     Args:
         proto: The model.
         config: Its quantization settings; ``config.overrides`` is checked.
-        quantizable: :func:`quantizable_nodes` of ``proto``, when already computed.
+        quantizable: The names of :func:`~zerop_deploy.onnx_facts.quantizable_nodes` of
+            ``proto``, when already computed.
 
     Raises:
         ConfigError: Naming ``--layer-config``, the name, and the closest quantizable node names,
             or the op of a node that exists but is not quantizable.
     """
-    quantizable = quantizable_nodes(proto) if quantizable is None else quantizable
+    if quantizable is None:
+        quantizable = [n.name for n in quantizable_nodes(proto.graph)]
     known = set(quantizable)
     ops = {n.name: n.op_type for n in proto.graph.node}
     for name in config.overrides:
