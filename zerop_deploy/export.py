@@ -53,7 +53,7 @@ from zerop_deploy import _onnx_graph as g
 from zerop_deploy._export_checks import check_layers
 from zerop_deploy.errors import ExportError
 from zerop_deploy.fileio import atomic_write_bytes
-from zerop_deploy.onnx_facts import opset_of
+from zerop_deploy.onnx_facts import opset_of, producers
 from zerop_deploy.quant.primitives import pack_int4
 from zerop_deploy.quant.qparams import ActQuant, LayerQuant
 
@@ -193,7 +193,7 @@ class _Rewriter:
         self.names = g.NameMaker(g.all_names(self.graph))
         self.nodes = {n.name: n for n in self.graph.node}
         self.order = {n.name: i for i, n in enumerate(self.graph.node)}
-        self.producer = {out: n for n in self.graph.node for out in n.output}
+        self.producer = producers(self.graph)
 
     def apply(self, layers: list[LayerQuant]) -> None:
         """Rewrite every layer (in graph order, so shared pairs sit before their first reader)."""
