@@ -32,7 +32,7 @@ LAYERS = (
     ("stages", {
         "load", "convert", "summary", "data", "stats", "synth", "export", "_export_checks",
         "_onnx_graph", "validate", "bench", "kernels", "_kernels", "plots", "batches", "_arrays",
-        "_builtin_pool", "_graph_order", "_tensor_checks",
+        "_builtin_pool", "_graph_order", "_tensor_checks", "deploy",
     }),  # fmt: skip
     ("engine", {"quant"}),
     ("leaves", {"errors", "config", "preprocess", "fileio", "_progress", "onnx_facts", "__init__",

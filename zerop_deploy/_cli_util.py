@@ -12,6 +12,8 @@ from typing import Any
 
 import click
 
+from zerop_deploy.deploy import DEFAULT_TARGET, TARGETS
+
 PROG = "zerop-deploy"
 
 
@@ -124,6 +126,14 @@ def make_preprocess(
     from zerop_deploy.preprocess import Preprocess
 
     return Preprocess(resize=resize, crop=crop, crop_ratio=crop_ratio, interpolation=interpolation)
+target_option = click.option(
+    "--target",
+    type=click.Choice(list(TARGETS)),
+    default=DEFAULT_TARGET,
+    show_default=True,
+    help="qdq: the exact student, int4 initializers (compact, portable); ort-cpu: runs on "
+    "onnxruntime's integer CPU kernels (faster than fp32; activations on 8-bit grids).",
+)
 device_option = click.option(
     "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
 )

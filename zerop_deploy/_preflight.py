@@ -29,6 +29,8 @@ def preflight(
     quant: QuantConfig,
     images: torch.Tensor,
     source: str,
+    *,
+    target: str = "qdq",
 ) -> dict[str, Any]:
     """Build, calibrate and export a student with ``quant``; load and run it in onnxruntime.
 
@@ -38,6 +40,7 @@ def preflight(
         quant: The run's quantization settings (bit widths, layer choices).
         images: Model-ready float images (N x C x H x W); random ones do, the check is structural.
         source: The model file, for messages.
+        target: The deployment target; the file is also written for it and loaded.
 
     Returns:
         The report's ``preflight`` section: ``{"seconds", "images", "quantized_layers",
@@ -68,6 +71,16 @@ def preflight(
         qproto = export_qdq(proto, layer_quants(student, plan, proto), int32_bias=True)
     except ExportError as e:
         raise ExportError(f"{source}: {what} cannot be exported: {e}") from e
+    if target != "qdq":
+        from zerop_deploy.deploy import to_target
+
+        try:
+            qproto = to_target(qproto, target, images.numpy())
+        except ExportError as e:
+            raise ExportError(
+                f"{source}: {what} cannot be written for --target {target}: {e}; "
+                "use --target qdq"
+            ) from e
     try:
         runner = OrtRunner(qproto)
         ort_logits = runner.logits(images.numpy())
@@ -80,6 +93,7 @@ def preflight(
         ours = student(images).reshape(len(images), -1).numpy()
     return {
         "seconds": round(time.monotonic() - start, 2),
+        "target": target,
         "images": len(images),
         "quantized_layers": sum(p.skipped is None for p in plan),
         "ort_vs_student_max_abs_logit_diff": float(np.abs(ort_logits - ours).max()),

@@ -198,3 +198,17 @@ def _streamed(sources, counts, chw, data: DataConfig, seed: int, section) -> Pro
     train = StreamedImages(sources, positions[n_hold:], chw)
     section.update(images=len(train), holdout=n_hold, skipped_files=None, streamed=True)
     return ProxyData(train, holdout, section)  # type: ignore[arg-type]
+
+
+def calibration_images(proxy: ProxyData, n: int = 256) -> torch.Tensor:
+    """Up to ``n`` training images (uint8) for a target's calibration: proxy, then synthetic."""
+    parts = [p for p in (proxy.train, proxy.synthetic) if p is not None and len(p)]
+    if not parts:
+        raise InputError("no training images to calibrate the deployment target on")
+    each = -(-n // len(parts))
+    return torch.cat([p[:each] for p in parts])[:n]
+
+
+def check_images(proxy: ProxyData, n: int = 256) -> torch.Tensor:
+    """Up to ``n`` images to compare two exported files on: held-back ones when there are any."""
+    return proxy.holdout[:n] if len(proxy.holdout) else calibration_images(proxy, n)

@@ -22,6 +22,7 @@ from zerop_deploy._allocator import keep_freed_memory
 from zerop_deploy._finetune import fine_tune
 from zerop_deploy._report import add_layer_sqnr, header, training_section, validation
 from zerop_deploy.config import DataConfig, QuantConfig, SynthConfig, TrainConfig
+from zerop_deploy.deploy import DEFAULT_TARGET, check_target, target_section, to_target
 from zerop_deploy.errors import ConfigError, InputError, QualityGateError
 from zerop_deploy.fileio import (
     atomic_write_all,
@@ -87,6 +88,7 @@ def quantize(
     min_agreement: float | None = None,
     plot_layers: str | os.PathLike[str] | None = None,
     progress: bool = True,
+    target: str = DEFAULT_TARGET,
 ) -> dict[str, Any]:
     """Quantize an ONNX model with distillation on proxy data and export it as a QDQ ONNX model.
 
@@ -103,18 +105,21 @@ def quantize(
         plot_layers: Write a bar chart of every layer's output SQNR against the fp32 model
             (the report's ``layers[].output_sqnr_db``: which layers hurt most) to this PNG.
         progress: Show progress bars on stderr (only on a terminal).
+        target: Deployment target of the written file (:data:`zerop_deploy.deploy.TARGETS`):
+            ``qdq`` the exact student, ``ort-cpu`` onnxruntime's integer CPU kernels.
 
     Returns:
         The report (also written as JSON).
     """
     quant, train, data = quant or QuantConfig(), train or TrainConfig(), data or DataConfig()
+    check_target(target)
     src = Path(model)
     inputs = [src, *data.input_paths()]
     out = check_output_path(output or default_output(src, quant), inputs)
     with output_lock(out):  # a second run on this output is refused, never interleaved with it
         return _quantize_locked(
             src, out, inputs, quant, train, data, report=report, resume=resume,
-            min_agreement=min_agreement, plot_layers=plot_layers, progress=progress,
+            min_agreement=min_agreement, plot_layers=plot_layers, progress=progress, target=target,
         )  # fmt: skip
 
 
@@ -131,6 +136,7 @@ def _quantize_locked(
     min_agreement: float | None,
     plot_layers: str | os.PathLike[str] | None,
     progress: bool,
+    target: str,
 ) -> dict[str, Any]:
     """The rest of :func:`quantize`, run while it holds the lock on its output."""
     rep = check_output_path(report or default_report(out), [*inputs, out])
@@ -142,7 +148,7 @@ def _quantize_locked(
     keep_freed_memory()  # big tensors are reallocated every step: no page-fault storm
     torch.manual_seed(train.seed)
     from zerop_deploy._preflight import preflight, preflight_images
-    from zerop_deploy._proxy import Sources, proxy_data
+    from zerop_deploy._proxy import Sources, calibration_images, check_images, proxy_data
     from zerop_deploy._synthetic import for_quantize
     from zerop_deploy.data import normalize
     from zerop_deploy.load import image_input_chw, load_model
@@ -163,7 +169,7 @@ def _quantize_locked(
     say("preflight: exporting a calibrated student and loading it in onnxruntime")
     with torch.random.fork_rng(devices=[]):  # the run's random stream stays as it was
         images = normalize(preflight_images(chw, train.seed), data.mean, data.std)
-        checked = preflight(teacher, proto, quant, images, str(src))
+        checked = preflight(teacher, proto, quant, images, str(src), target=target)
     proxy = proxy_data(data, teacher, proto, chw, train.seed, sources, say, progress)
     say(f"{len(proxy.train)} proxy images for training, {len(proxy.holdout)} held back")
     synth_cache = out.with_name(out.name + ".synth.npz")
@@ -191,6 +197,7 @@ def _quantize_locked(
     from zerop_deploy.quant.qat import leave_process_group
     from zerop_deploy.quant.student import layer_quants
     from zerop_deploy.synth import cache_files
+    from zerop_deploy.validate import compare_files
 
     rank, world = leave_process_group(device)
     if rank != 0:  # torchrun: rank 0 exports, validates and writes the report
@@ -198,6 +205,11 @@ def _quantize_locked(
 
     say(f"exporting {out}")
     qproto = export_qdq(proto, layer_quants(student, plan, proto), int32_bias=True)
+    if target != "qdq":
+        say(f"writing it for target {target}")
+        exact = qproto
+        qproto = to_target(exact, target, normalize(calibration_images(proxy), data.mean,
+                                                    data.std).numpy())  # fmt: skip
     files = [(out, qdq_bytes(qproto, out))]
     say("validating the exported model in onnxruntime")
     doc = header(src, out, quant, train, data, proxy, plan, device, proto)
@@ -206,6 +218,10 @@ def _quantize_locked(
     doc["preflight"] = checked
     doc["preprocess"] = data.preprocess.describe(chw)
     doc.update(validation(proto, qproto, student, proxy, data, chw, sources))
+    doc["target"] = target_section(target, qproto)
+    if target != "qdq":
+        x = normalize(check_images(proxy), data.mean, data.std).numpy()
+        doc["target"]["vs_qdq"] = compare_files(qproto, exact, x)
     add_layer_sqnr(doc, teacher.cpu().eval(), student, proto, plan, proxy, data)
     if plot_layers is not None:
         from zerop_deploy.plots import layer_chart
@@ -231,6 +247,48 @@ def _quantize_locked(
         err.doc = doc  # type: ignore[attr-defined]
         raise err
     return doc
+
+
+def retarget(
+    qmodel: str | os.PathLike[str],
+    target: str,
+    *,
+    output: str | os.PathLike[str] | None = None,
+    data: str = "builtin",
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
+    preprocess: Preprocess | None = None,
+) -> dict[str, Any]:
+    """Write a ``quantize`` output for another deployment target, without fine-tuning again.
+
+    Args:
+        qmodel: A file written by ``quantize --target qdq``.
+        target: The target (:data:`zerop_deploy.deploy.TARGETS`).
+        output: Output path; default ``<qmodel stem>.<target>.onnx``.
+        data: Images that calibrate what the student kept in float (half of them) and check the
+            result against ``qmodel`` (the other half); the built-in pool by default.
+        mean: Per-channel mean for graphs that do not normalise their input.
+        std: Per-channel std.
+        preprocess: How ``data`` images are fitted to the model input.
+
+    Returns:
+        ``{"input", "output", "target": {"name", "exact", "changes", "onnxruntime_kernels",
+        "vs_qdq"}, "calibration_images", "seconds"}``.
+    """
+    from zerop_deploy.data import load_pool, normalize, open_source
+    from zerop_deploy.deploy.retarget import CALIBRATION_IMAGES, default_output, retarget_model
+    from zerop_deploy.load import image_input_chw, read_model
+
+    src = Path(qmodel)
+    out = check_output_path(output or default_output(src, target), [src])
+    qproto = read_model(src)
+    chw = image_input_chw(qproto, str(src))
+    pool = load_pool(open_source(data, preprocess=preprocess), chw, limit=2 * CALIBRATION_IMAGES)
+    images = normalize(pool.images, mean, std).numpy()
+    with output_lock(out):
+        model, doc = retarget_model(qproto, str(src), target, images)
+        atomic_write_bytes(out, model.SerializeToString())
+    return {"input": str(src), "output": str(out), **{k: v for k, v in doc.items() if k != "input"}}
 
 
 def select_proxy(

@@ -33,6 +33,7 @@ from zerop_deploy._cli_util import (
 )
 from zerop_deploy.cli_quantize import quantize_cmd
 from zerop_deploy.config import SynthConfig
+from zerop_deploy.deploy import TARGETS
 from zerop_deploy.errors import QualityGateError, ZeropError
 
 INTERNAL_ERROR = 70
@@ -324,6 +325,63 @@ def synth_cmd(
         )
         + (f"; preview {preview}" if preview else "")
     )
+
+
+@main.command("retarget")
+@click.argument("qmodel", type=click.Path(path_type=Path))
+@click.option(
+    "--target",
+    type=click.Choice(list(TARGETS)),
+    required=True,
+    help="ort-cpu: onnxruntime's integer CPU kernels; qdq: the exact student.",
+)
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
+              help="Output .onnx (default: QMODEL's name with .<target>.onnx).")  # fmt: skip
+@click.option(
+    "--data",
+    "data_path",
+    default="builtin",
+    show_default=True,
+    help="Images that calibrate what the student kept in float and check the result.",
+)
+@mean_option
+@std_option
+@preprocess_options
+@json_option
+def retarget_cmd(
+    qmodel: Path,
+    target: str,
+    output: Path | None,
+    data_path: str,
+    mean: str | None,
+    std: str | None,
+    resize: int | None,
+    crop: int | None,
+    crop_ratio: float | None,
+    interpolation: str | None,
+    as_json: bool,
+) -> None:
+    """Write QMODEL (a quantize output) for another deployment target, without fine-tuning."""
+    from zerop_deploy.api import retarget
+
+    doc = retarget(
+        qmodel, target, output=output, data=data_path, mean=floats(mean, "--mean"),
+        std=floats(std, "--std"),
+        preprocess=make_preprocess(resize, crop, crop_ratio, interpolation),
+    )  # fmt: skip
+    if as_json:
+        print_json(doc)
+        return
+    t, vs = doc["target"], doc["target"]["vs_qdq"]
+    kernels = t["onnxruntime_kernels"]
+    click.echo(
+        f"wrote {doc['output']} (target {t['name']}): onnxruntime runs {kernels['integer_nodes']} "
+        f"integer nodes, {len(kernels['float_compute_nodes'])} float compute nodes; top-1 "
+        f"agreement with {doc['input']} {100 * vs['top1_agreement']:.2f} % on {vs['images']} "
+        "images"
+    )
+    for change in t["changes"]:
+        click.echo(f"  changed: {change}")
 
 
 @main.command("bench")

@@ -19,6 +19,7 @@ from zerop_deploy._cli_util import (
     print_json,
     seed_option,
     std_option,
+    target_option,
 )
 from zerop_deploy.errors import QualityGateError
 
@@ -164,6 +165,7 @@ from zerop_deploy.errors import QualityGateError
     default=None,
     help="Cross-layer equalization of the activation between a Conv and the Conv it alone feeds.",
 )
+@target_option
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report on stdout.")
 def quantize_cmd(
@@ -201,6 +203,7 @@ def quantize_cmd(
     plot_layers: Path | None,
     asymmetric_activations: bool | None,
     equalize: bool | None,
+    target: str,
     quiet: bool,
     as_json: bool,
 ) -> None:
@@ -253,6 +256,7 @@ def quantize_cmd(
             min_agreement=min_agreement,
             plot_layers=plot_layers,
             progress=not quiet,
+            target=target,
         )
     except KeyboardInterrupt as e:
         fail(
@@ -281,6 +285,12 @@ def _summary(doc: dict[str, Any] | None, as_json: bool) -> None:
         f"on {v['images']} {v['source']} images; "
         f"vs student {100 * v['ort_vs_student_top1_agreement']:.2f} %",
     ]
+    vs = doc.get("target", {}).get("vs_qdq")
+    if vs:
+        lines.append(
+            f"target {doc['target']['name']}: top-1 agreement with the exact student file "
+            f"{100 * vs['top1_agreement']:.2f} % on {vs['images']} images"
+        )
     if "accuracy" in doc:
         a = doc["accuracy"]
         lines.append(

@@ -199,6 +199,20 @@ def compare_models(
     return _comparison(q, ref)
 
 
+def compare_files(a: ModelLike, b: ModelLike, images: np.ndarray) -> dict[str, Any]:
+    """Two quantized files of one network on the same images: top-1 agreement and logit gap.
+
+    Returns:
+        ``{"images", "top1_agreement", "max_abs_logit_diff"}``.
+    """
+    la, lb = run_logits(a, images), run_logits(b, images)
+    return {
+        "images": len(la),
+        "top1_agreement": top1_agreement(la, lb),
+        "max_abs_logit_diff": _logit_diff(la, lb),
+    }
+
+
 def _comparison(q: np.ndarray, ref: np.ndarray) -> dict[str, Any]:
     return {
         "images": len(q),
