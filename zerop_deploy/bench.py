@@ -305,7 +305,9 @@ def bench(
     *,
     threads: int | None = None,
     qdq_path: str | os.PathLike[str] | None = None,
+    deploy_path: str | os.PathLike[str] | None = None,
     batch: int = 1,
+    batches: tuple[int, ...] | None = None,
     rounds: int = 5,
     layers: bool = True,
     seed: int = 0,
@@ -316,16 +318,20 @@ def bench(
         model_path: The fp32 ``.onnx`` model.
         threads: Threads for onnxruntime and our kernels; None = all cores. Always reported.
         qdq_path: The exported QDQ model of the same network, timed end to end beside the fp32 one.
-        batch: Batch size used for a dynamic batch dimension.
+        deploy_path: The deployment file (``--target ort-cpu``), timed beside them.
+        batch: Batch size used for a dynamic batch dimension (layers, and end to end by default).
+        batches: Batch sizes of the end-to-end table (default: ``(batch,)``).
         rounds: Interleaved timing rounds (the median is reported).
         layers: Also time every quantizable layer.
         seed: Seed of the random inputs.
 
     Returns:
-        ``{"model", "qdq_model", "threads", "batch", "kernels": {...}, "end_to_end": {"fp32_ms",
-        "qdq_ms"}, "layers": [{"node", "op", "input_shape", "weight_shape", "ort_fp32_us",
-        "ort_qdq_us", "ort_matmulnbits_us", "ours_int4_us", "note"}], "totals": {...}}``; a
-        variant that does not apply to a layer is None.
+        ``{"model", "qdq_model", "deploy_model", "threads", "batch", "kernels": {...},
+        "end_to_end": {"fp32_ms", "qdq_ms", "deploy_ms", "by_batch": [{"batch", "fp32_ms",
+        "qdq_ms", "deploy_ms", "qdq_speedup", "deploy_speedup"}]}, "layers": [{"node", "op",
+        "input_shape", "weight_shape", "ort_fp32_us", "ort_qdq_us", "ort_matmulnbits_us",
+        "ours_int4_us", "note"}], "totals": {...}}``; a variant that does not apply is None.
+        Speedups are fp32 time / file time, from the same interleaved rounds.
 
     Raises:
         InputError: If a model file is missing or invalid.
@@ -337,26 +343,42 @@ def bench(
 
     threads = int(threads or os.cpu_count() or 1)
     proto = read_model(model_path)
-    feeds = random_inputs(proto, batch=batch, seed=seed, source=str(model_path))
-    sessions = {"fp32_ms": _session(str(model_path), threads)}
-    if qdq_path is not None:
-        read_model(qdq_path)
-        sessions["qdq_ms"] = _session(str(qdq_path), threads)
-    runs = {k: (lambda s=s: s.run(None, feeds)) for k, s in sessions.items()}
-    e2e = interleaved_median(runs, rounds=rounds)
+    files = {"fp32_ms": str(model_path)}
+    for key, path in (("qdq_ms", qdq_path), ("deploy_ms", deploy_path)):
+        if path is not None:
+            read_model(path)
+            files[key] = str(path)
+    sessions = {k: _session(p, threads) for k, p in files.items()}
+    by_batch = []
+    for b in batches or (batch,):
+        feeds = random_inputs(proto, batch=b, seed=seed, source=str(model_path))
+        runs = {k: (lambda s=s, f=feeds: s.run(None, f)) for k, s in sessions.items()}
+        e2e = interleaved_median(runs, rounds=rounds)
+        row: dict[str, Any] = {"batch": b}
+        for key in ("fp32_ms", "qdq_ms", "deploy_ms"):
+            row[key] = round(e2e[key] * 1e3, 3) if key in e2e else None
+        for key in ("qdq", "deploy"):
+            t = e2e.get(f"{key}_ms")
+            row[f"{key}_speedup"] = round(e2e["fp32_ms"] / t, 3) if t else None
+        by_batch.append(row)
+    first = by_batch[0]
     doc: dict[str, Any] = {
         "model": str(model_path),
         "qdq_model": None if qdq_path is None else str(qdq_path),
+        "deploy_model": None if deploy_path is None else str(deploy_path),
         "threads": threads,
         "batch": batch,
         "kernels": {"available": kernels.available(), **kernels.cpu_features()},
         "end_to_end": {
-            "fp32_ms": round(e2e["fp32_ms"] * 1e3, 3),
-            "qdq_ms": round(e2e["qdq_ms"] * 1e3, 3) if "qdq_ms" in e2e else None,
+            "fp32_ms": first["fp32_ms"],
+            "qdq_ms": first["qdq_ms"],
+            "deploy_ms": first["deploy_ms"],
+            "by_batch": by_batch,
         },
         "layers": [],
         "totals": {},
     }
+    feeds = random_inputs(proto, batch=batch, seed=seed, source=str(model_path))
     if layers:
         consts = {k: numpy_helper.to_array(t) for k, t in constant_tensors(proto.graph).items()}
         nodes = [
@@ -382,9 +404,15 @@ def format_bench(doc: dict[str, Any]) -> str:
         f"int4 kernels: {'yes' if doc['kernels']['available'] else 'not built'}"
         f"{', AVX512-VNNI' if doc['kernels'].get('avx512vnni') else ''}"
         f"{', AVX2' if doc['kernels'].get('avx2') else ''})",
-        f"end to end, onnxruntime: fp32 {e2e['fp32_ms']:.3f} ms"
-        + (f", QDQ {e2e['qdq_ms']:.3f} ms ({doc['qdq_model']})" if e2e["qdq_ms"] else ""),
     ]
+    for row in e2e["by_batch"]:
+        parts = [f"fp32 {row['fp32_ms']:.3f} ms"]
+        for key, name in (("deploy", "deployment file"), ("qdq", "QDQ")):
+            if row[f"{key}_ms"]:
+                parts.append(
+                    f"{name} {row[f'{key}_ms']:.3f} ms ({row[f'{key}_speedup']:.2f}x fp32's speed)"
+                )
+        lines.append(f"end to end, onnxruntime, batch {row['batch']}: " + ", ".join(parts))
     if not doc["layers"]:
         return "\n".join(lines)
     head = ["node", "op", "ort fp32", "ort QDQ", "MatMulNBits", "ours int4"]

@@ -393,6 +393,12 @@ def retarget_cmd(
     help="The exported QDQ model of MODEL, timed end to end beside it.",
 )
 @click.option(
+    "--deploy",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="The deployment file of MODEL (quantize/retarget --target ort-cpu), timed beside it.",
+)
+@click.option(
     "--threads",
     type=click.IntRange(min=1),
     default=None,
@@ -401,18 +407,26 @@ def retarget_cmd(
 @click.option(
     "--batch",
     type=click.IntRange(min=1),
-    default=1,
+    multiple=True,
+    default=(1, 64),
     show_default=True,
-    help="Batch size for a dynamic batch dimension.",
+    help="Batch size for a dynamic batch dimension; repeat for more (layers use the first).",
 )
 @json_option
 def bench_cmd(
-    model: Path, qdq: Path | None, threads: int | None, batch: int, as_json: bool
+    model: Path,
+    qdq: Path | None,
+    deploy: Path | None,
+    threads: int | None,
+    batch: tuple[int, ...],
+    as_json: bool,
 ) -> None:
-    """Time MODEL in onnxruntime (fp32, QDQ, MatMulNBits) and on the native int4 kernels."""
+    """Time MODEL in onnxruntime (fp32, QDQ, deployment file, MatMulNBits) and the int4 kernels."""
     from zerop_deploy.bench import bench, format_bench
 
-    doc = bench(model, threads=threads, qdq_path=qdq, batch=batch)
+    doc = bench(
+        model, threads=threads, qdq_path=qdq, deploy_path=deploy, batch=batch[0], batches=batch
+    )
     if as_json:
         print_json(doc)
     else:
