@@ -382,14 +382,24 @@ def test_bad_inputs_raise_value_error(call, message):
 
 
 @needs_kernels
-@pytest.mark.parametrize("hw", [5, 12, 20])  # output rows under 16 (channels innermost) and over
+@pytest.mark.parametrize("hw", [5, 12, 20])  # output rows under 16 and over
 @pytest.mark.parametrize("kernel", [3, 5])  # 9 taps (int16 sums) and 25 (int32)
-def test_depthwise_is_exact(hw, kernel):
-    """Both depthwise forms give the exact integer sums and the float steps of the other paths:
+@pytest.mark.parametrize(
+    "batch, c, stride, threads",
+    [
+        (2, 19, 1, 0),  # channels innermost, a task per image
+        (1, 19, 1, 2),  # channels innermost, one image split by rows between two threads
+        (1, 24, 2, 3),  # the same with stride 2 and more threads than cores
+        (2, 8, 1, 0),  # the row form for rows of 16 or more and up to 16 taps
+        (2, 8, 2, 0),
+    ],
+)
+def test_depthwise_is_exact(hw, kernel, batch, c, stride, threads):
+    """Every depthwise form gives the exact integer sums and the float steps of the other paths:
     float32(S) * scale, times the activation scale, plus the bias."""
     rng = np.random.default_rng(hw * 10 + kernel)
-    b_, c, zp, x_scale = 2, 19, 131, np.float32(0.05)
-    xq = rng.integers(0, 256, size=(b_, c, hw, hw)).astype(np.uint8)
+    zp, x_scale = 131, np.float32(0.05)
+    xq = rng.integers(0, 256, size=(batch, c, hw, hw)).astype(np.uint8)
     w, scales, bias = _conv_weights(rng, c, 1, kernel, kernel)
     pad = kernel // 2
     y = kernels.conv2d_int4_quantized(
@@ -401,16 +411,22 @@ def test_depthwise_is_exact(hw, kernel):
         kernel_size=kernel,
         bias=bias,
         padding=pad,
+        stride=stride,
         groups=c,
+        threads=threads,
     )
     xp = np.pad(xq.astype(np.int64) - zp, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
-    s = np.zeros((b_, c, hw, hw), np.int64)
+    oh = (hw - 1) // stride + 1
+    s = np.zeros((batch, c, oh, oh), np.int64)
     for ky in range(kernel):
         for kx in range(kernel):
-            s += (
-                w[None, :, 0, ky, kx, None, None].astype(np.int64)
-                * xp[:, :, ky : ky + hw, kx : kx + hw]
-            )
+            win = xp[
+                :,
+                :,
+                ky : ky + stride * (oh - 1) + 1 : stride,
+                kx : kx + stride * (oh - 1) + 1 : stride,
+            ]
+            s += w[None, :, 0, ky, kx, None, None].astype(np.int64) * win
     want = s.astype(np.float32) * scales[None, :, None, None]
     want = want * x_scale + bias[None, :, None, None]
     np.testing.assert_array_equal(y, want)
