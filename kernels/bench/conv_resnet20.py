@@ -47,29 +47,57 @@ def standard_convs() -> list[dict]:
     ]
 
 
-def model_convs(path: Path) -> list[dict]:
-    """Return the Conv nodes of a model, with their input size found by shape inference."""
-    m = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
-    init = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+def _input_shapes(model: onnx.ModelProto, names: list[str]) -> dict[str, list[int]]:
+    """Shapes of the named tensors, by shape inference or else by one batch-1 onnxruntime run."""
+    m = onnx.shape_inference.infer_shapes(model)
     shapes = {
         v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
         for v in list(m.graph.value_info) + list(m.graph.input)
     }
+    missing = [n for n in names if not all(shapes.get(n, [0])[1:])]
+    if missing:  # e.g. behind Pad nodes whose pads are computed in the graph
+        probe = onnx.ModelProto()
+        probe.CopyFrom(model)
+        for name in missing:
+            probe.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+        inp = probe.graph.input[0]
+        dims = [d.dim_value or 1 for d in inp.type.tensor_type.shape.dim]
+        feed = {inp.name: np.zeros(dims, np.float32)}
+        outs = session(probe, 1).run(missing, feed)
+        shapes.update({n: list(o.shape) for n, o in zip(missing, outs, strict=True)})
+    return shapes
+
+
+def model_convs(path: Path) -> list[dict]:
+    """Return the Conv nodes of a model, with their input size (found by shape inference).
+
+    Keys: name, w, b, h (input height), stride, pad (top pad) as the ResNet-20 shapes need, and
+    hw (input height, width), strides, pads (top, left, bottom, right), dilations, groups.
+    """
+    model = onnx.load(str(path))
+    init = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    shapes = _input_shapes(model, [n.input[0] for n in convs])
     out = []
-    for node in m.graph.node:
-        if node.op_type != "Conv":
-            continue
+    for node in convs:
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         w = init[node.input[1]]
         b = init[node.input[2]] if len(node.input) > 2 else np.zeros(w.shape[0], np.float32)
+        pads = list(attrs.get("pads", [0, 0, 0, 0]))
+        strides = list(attrs.get("strides", [1, 1]))
         out.append(
             {
                 "name": node.name,
                 "w": w,
                 "b": b,
                 "h": shapes[node.input[0]][2],
-                "stride": attrs.get("strides", [1, 1])[0],
-                "pad": attrs.get("pads", [0])[0],
+                "stride": strides[0],
+                "pad": pads[0],
+                "hw": tuple(shapes[node.input[0]][2:4]),
+                "strides": strides,
+                "pads": pads,
+                "dilations": list(attrs.get("dilations", [1, 1])),
+                "groups": int(attrs.get("group", 1)),
             }
         )
     return out
