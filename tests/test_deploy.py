@@ -196,4 +196,4 @@ def test_bench_times_the_deployment_file_beside_fp32_at_each_batch(files):
     assert [r["batch"] for r in rows] == [1, 4]
     for r in rows:
         assert r["fp32_ms"] > 0 and r["deploy_ms"] > 0 and r["deploy_speedup"] > 0
-        assert r["deploy_speedup"] == pytest.approx(r["fp32_ms"] / r["deploy_ms"], rel=0.01)
+        assert r["deploy_speedup"] == pytest.approx(r["fp32_ms"] / r["deploy_ms"], rel=0.05)

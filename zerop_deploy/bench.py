@@ -356,7 +356,7 @@ def bench(
         e2e = interleaved_median(runs, rounds=rounds)
         row: dict[str, Any] = {"batch": b}
         for key in ("fp32_ms", "qdq_ms", "deploy_ms"):
-            row[key] = round(e2e[key] * 1e3, 3) if key in e2e else None
+            row[key] = round(e2e[key] * 1e3, 4) if key in e2e else None
         for key in ("qdq", "deploy"):
             t = e2e.get(f"{key}_ms")
             row[f"{key}_speedup"] = round(e2e["fp32_ms"] / t, 3) if t else None

@@ -69,6 +69,14 @@ class ActGrid:
         return float((qmax - self.zero_point) * self.scale)
 
 
+@dataclass(frozen=True)
+class ActUse:
+    """One activation pair of the exported file: its grid and the nodes that read through it."""
+
+    grid: ActGrid
+    readers: frozenset[str]
+
+
 @dataclass
 class FloatView:
     """The float graph of an exported file and the grids that were removed from it.
@@ -76,15 +84,19 @@ class FloatView:
     Attributes:
         model: The graph without QDQ: float weights, no activation pairs.
         weights: Float weight initializer name -> its grid.
-        acts: Activation tensor name -> its grid (where a tensor had pairs with different
-            grids, the one with the widest range).
+        acts: Activation tensor name -> its pairs (one per grid; the exporter writes one pair
+            per tensor and grid, so layers with different grids on one tensor have one each).
         layers: Names of the nodes whose weight was quantized, in graph order.
     """
 
     model: onnx.ModelProto
     weights: dict[str, WeightGrid]
-    acts: dict[str, ActGrid]
+    acts: dict[str, list[ActUse]]
     layers: list[str]
+
+    def widest(self, tensor: str) -> ActGrid:
+        """The grid with the widest range among the tensor's pairs."""
+        return max((u.grid for u in self.acts[tensor]), key=lambda a: a.high - a.low)
 
 
 def float_view(qdq: onnx.ModelProto) -> FloatView:
@@ -100,7 +112,7 @@ def float_view(qdq: onnx.ModelProto) -> FloatView:
     was_used = g.used_names(graph)
     consts = constant_tensors(graph)
     weights: dict[str, WeightGrid] = {}
-    acts: dict[str, ActGrid] = {}
+    acts: dict[str, list[ActUse]] = {}
     rename: dict[str, str] = {}
     drop: set[int] = set()
     readers = consumers(graph)
@@ -113,9 +125,7 @@ def float_view(qdq: onnx.ModelProto) -> FloatView:
             drop.add(i)
         elif node.op_type == "QuantizeLinear" and node.input[0] not in consts:
             grid = _act_grid(node, consts)
-            old = acts.get(node.input[0])
-            if old is None or old.high - old.low < grid.high - grid.low:
-                acts[node.input[0]] = grid
+            users: set[str] = set()
             for reader in readers.get(node.output[0], []):
                 if reader.op_type != "DequantizeLinear":
                     raise ExportError(
@@ -123,6 +133,8 @@ def float_view(qdq: onnx.ModelProto) -> FloatView:
                         f"{reader.name!r}, not DequantizeLinear; not a file written by quantize"
                     )
                 rename[reader.output[0]] = node.input[0]
+                users.update(r.name for r in readers.get(reader.output[0], []))
+            acts.setdefault(node.input[0], []).append(ActUse(grid, frozenset(users)))
             drop.add(i)
     producer = producers(graph)
     for i, node in enumerate(graph.node):

@@ -128,8 +128,8 @@ def _overrides(view: FloatView, quant_type) -> dict[str, list[dict]]:  # type: i
              "zero_point": np.array(0, np.int8)}
             for s in w.scales
         ]  # fmt: skip
-    for name, a in view.acts.items():
-        scale, zp = act_grid_8bit(a)
+    for name in view.acts:
+        scale, zp = act_grid_8bit(view.widest(name))
         out[name] = [{"quant_type": quant_type.QUInt8, "scale": np.array(scale, np.float32),
                       "zero_point": np.array(zp, np.uint8)}]  # fmt: skip
     return out
