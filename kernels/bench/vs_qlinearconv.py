@@ -58,7 +58,7 @@ def qlinearconv_model(spec: dict, q: np.ndarray, scales: np.ndarray, batch: int,
     (h, w), (oh, ow) = spec["hw"], out_hw(spec)
     x_shape = [batch, h, w, c_in] if nhwc else [batch, c_in, h, w]
     y_shape = [batch, oh, ow, c_out] if nhwc else [batch, c_out, oh, ow]
-    bias = np.rint(spec["b"] / (X_SCALE * scales)).astype(np.int32)
+    bias = np.clip(np.rint(spec["b"] / (X_SCALE * scales)), -(2**31), 2**31 - 1).astype(np.int32)
     inits = [
         numpy_helper.from_array(np.array(X_SCALE, np.float32), "xs"),
         numpy_helper.from_array(np.array(128, np.uint8), "xz"),
