@@ -70,6 +70,17 @@ SIDES = (32, 64, 96, 128, 160, 192, 224)
 RESULTS = ROOT / "benchmarks" / "results" / "pipeline_coverage.jsonl"
 BEGIN, END = "<!-- pipeline_coverage:begin -->", "<!-- pipeline_coverage:end -->"
 SECTION = "## Whole-pipeline coverage (torchvision architectures through quantize)"
+TARGET = "qdq"  # --target of every quantize run (main sets it)
+
+
+def _names(target: str) -> tuple[Path, str, str, str]:
+    """Results file, BENCHMARKS.md markers and section of a target's table."""
+    if target == "qdq":
+        return RESULTS, BEGIN, END, SECTION
+    tag = target.replace("-", "_")
+    return (RESULTS.with_name(f"pipeline_coverage_{tag}.jsonl"),
+            f"<!-- pipeline_coverage_{tag}:begin -->", f"<!-- pipeline_coverage_{tag}:end -->",
+            f"## Whole-pipeline coverage, deployment target {target}")  # fmt: skip
 
 
 def _one_line(text: str, limit: int = 300) -> str:
@@ -152,7 +163,7 @@ def quantize_row(model: Path, side: int, width: str, folder: Path, timeout: floa
     """Run ``zerop-deploy quantize`` at ``width``; classify the outcome."""
     out = folder / f"{width}.onnx"
     cmd = [sys.executable, "-m", "zerop_deploy", "quantize", str(model), "-o", str(out),
-           *WIDTHS[width], *QUANTIZE_ARGS, "--json"]  # fmt: skip
+           *WIDTHS[width], *QUANTIZE_ARGS, "--target", TARGET, "--json"]  # fmt: skip
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
@@ -175,6 +186,13 @@ def quantize_row(model: Path, side: int, width: str, folder: Path, timeout: floa
         quantized_layers=sum(1 for layer in doc["layers"] if not layer.get("skipped")),
         float_nodes=len(doc.get("float_nodes", [])),
     )
+    if TARGET != "qdq":
+        kernels = doc["target"]["onnxruntime_kernels"]
+        row.update(
+            integer_nodes=kernels["integer_nodes"],
+            float_compute_nodes=len(kernels["float_compute_nodes"]),
+            vs_qdq=doc["target"]["vs_qdq"]["top1_agreement"],
+        )
     problem = _stock_onnxruntime(out, side)
     for f in folder.glob(f"{width}*"):
         f.unlink()
@@ -195,7 +213,7 @@ def code_version() -> str:
 def run_entry(name: str, how: str, widths: list[str], timeout: float) -> Iterator[dict]:
     """Export one architecture one way and quantize it at every width (a row per width, yielded
     as soon as it is measured)."""
-    base = {"model": name, "export": how, "code": code_version()}
+    base = {"model": name, "export": how, "code": code_version(), "target": TARGET}
     with tempfile.TemporaryDirectory(prefix=f"cov-{name}-{how}-") as tmp:
         folder = Path(tmp)
         try:
@@ -229,6 +247,8 @@ def load_results(path: Path) -> list[dict]:
 
 
 def _cell(r: dict) -> str:
+    if r["status"] == "ok" and "integer_nodes" in r:
+        return f"ok ({r['ort_vs_student']:.2f}; {r['float_compute_nodes']} float)"
     if r["status"] == "ok":
         return f"ok ({r['ort_vs_student']:.2f})"
     return r["status"]
@@ -271,12 +291,15 @@ def table(rows: list[dict]) -> str:
 
 def write_benchmarks(text: str, command: str) -> None:
     """Replace the generated block of BENCHMARKS.md (or append the section)."""
+    _, BEGIN, END, SECTION = _names(TARGET)  # noqa: N806 - the target's markers
     bench = ROOT / "BENCHMARKS.md"
     doc = bench.read_text()
+    cells = "onnxruntime-vs-student top-1 agreement on the held-back proxy images"
+    if TARGET != "qdq":
+        cells += "; compute nodes onnxruntime still runs in float"
     block = (
         f"{BEGIN}\nCommand: `{command}` on {platform.machine()}, {os.cpu_count()} cores; "
-        "cells: status (onnxruntime-vs-student top-1 agreement on the held-back proxy images).\n\n"
-        f"{text}\n{END}"
+        f"cells: status ({cells}).\n\n{text}\n{END}"
     )
     if BEGIN in doc:
         head, rest = doc.split(BEGIN, 1)
@@ -301,11 +324,16 @@ def main() -> None:
     p.add_argument("--exports", default=",".join(EXPORTS), help="comma-separated export kinds")
     p.add_argument("--widths", default=",".join(WIDTHS), help="comma-separated widths")
     p.add_argument("--timeout", type=float, default=1200, help="seconds per quantize run")
-    p.add_argument("--results", type=Path, default=RESULTS, help="JSON-lines results file")
+    p.add_argument("--results", type=Path, default=None, help="JSON-lines results file")
+    p.add_argument("--target", default="qdq", choices=("qdq", "ort-cpu"),
+                   help="quantize --target of every run (its own results file and table)")
     p.add_argument("--resume", action="store_true", help="skip rows already in --results")
     p.add_argument("--table", action="store_true", help="only print the table from --results")
     p.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
     args = p.parse_args()
+    global TARGET
+    TARGET = args.target
+    args.results = args.results or _names(TARGET)[0]
     if args.all:
         import torchvision
 
@@ -333,6 +361,11 @@ def main() -> None:
     print(text)
     if args.write:
         command = "python benchmarks/pipeline_coverage.py" + (" --all" if args.all else "")
+        command += "" if TARGET == "qdq" else f" --target {TARGET}"
+        if args.exports != ",".join(EXPORTS):
+            command += f" --exports {args.exports}"
+        if args.widths != ",".join(WIDTHS):
+            command += f" --widths {args.widths}"
         write_benchmarks(text, command)
 
 
