@@ -52,6 +52,7 @@ def files(tmp_path_factory):
     res = CliRunner().invoke(main, [
         "quantize", str(d / "net.onnx"), "--bits", "4", "--first-last-bits", "4", "--steps", "2",
         "--proxy", str(d / "proxy.npz"), "-o", str(d / "net.int4.onnx"), "--quiet",
+        "--target", "qdq",
     ])  # fmt: skip
     assert res.exit_code == 0, res.output
     return d
@@ -197,3 +198,34 @@ def test_bench_times_the_deployment_file_beside_fp32_at_each_batch(files):
     for r in rows:
         assert r["fp32_ms"] > 0 and r["deploy_ms"] > 0 and r["deploy_speedup"] > 0
         assert r["deploy_speedup"] == pytest.approx(r["fp32_ms"] / r["deploy_ms"], rel=0.05)
+
+
+@pytest.mark.parametrize("asked", [None, "ort-cpu"])
+def test_a_model_ort_cpu_cannot_take_falls_back_to_qdq_only_by_default(files, tmp_path, monkeypatch,
+                                                                      asked):
+    """The default target never fails a run that qdq can carry; an explicit one fails at once."""
+    import zerop_deploy.deploy as deploy
+    import zerop_deploy.quant.qat as qat
+    from zerop_deploy.errors import ExportError
+
+    def refuse(*_a, **_k):
+        raise ExportError("onnxruntime's quantizer failed: test")
+
+    monkeypatch.setattr(deploy, "to_target", refuse)
+    if asked:
+        monkeypatch.setattr(qat, "train", lambda *_a, **_k: pytest.fail("fine-tuning started"))
+    out = tmp_path / "f.int4.onnx"
+    res = CliRunner().invoke(main, [
+        "quantize", str(files / "net.onnx"), "--bits", "4", "--steps", "1", "--quiet",
+        "--proxy", str(files / "proxy.npz"), "-o", str(out),
+        *(["--target", asked] if asked else []),
+    ])  # fmt: skip
+    if asked:
+        assert res.exit_code == 2 and "--target qdq" in res.output and not out.exists()
+        return
+    assert res.exit_code == 0, res.output
+    doc = json.loads((tmp_path / "f.int4.report.json").read_text())
+    assert "test" in doc["preflight"]["target_fallback"]
+    assert doc["target"]["name"] == "qdq" and doc["target"]["exact"] is True
+    types = {t.data_type for t in onnx.load(out).graph.initializer}
+    assert onnx.TensorProto.INT4 in types

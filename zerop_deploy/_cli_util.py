@@ -129,10 +129,10 @@ def make_preprocess(
 target_option = click.option(
     "--target",
     type=click.Choice(list(TARGETS)),
-    default=DEFAULT_TARGET,
-    show_default=True,
-    help="qdq: the exact student, int4 initializers (compact, portable); ort-cpu: runs on "
-    "onnxruntime's integer CPU kernels (faster than fp32; activations on 8-bit grids).",
+    default=None,
+    help=f"ort-cpu: runs on onnxruntime's integer CPU kernels, faster than fp32 (weights exact, "
+    f"activations on 8-bit grids); qdq: the exact student with int4 initializers (compact, "
+    f"portable). Default: {DEFAULT_TARGET}, or qdq where the preflight cannot write that.",
 )
 device_option = click.option(
     "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True

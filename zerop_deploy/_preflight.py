@@ -31,6 +31,7 @@ def preflight(
     source: str,
     *,
     target: str = "qdq",
+    default_target: bool = False,
 ) -> dict[str, Any]:
     """Build, calibrate and export a student with ``quant``; load and run it in onnxruntime.
 
@@ -41,6 +42,9 @@ def preflight(
         images: Model-ready float images (N x C x H x W); random ones do, the check is structural.
         source: The model file, for messages.
         target: The deployment target; the file is also written for it and loaded.
+        default_target: ``target`` is the default, not the user's choice: where the file cannot
+            be written for it, the run goes on with ``qdq`` (said in the returned section's
+            ``target_fallback``) instead of stopping.
 
     Returns:
         The report's ``preflight`` section: ``{"seconds", "images", "quantized_layers",
@@ -71,16 +75,22 @@ def preflight(
         qproto = export_qdq(proto, layer_quants(student, plan, proto), int32_bias=True)
     except ExportError as e:
         raise ExportError(f"{source}: {what} cannot be exported: {e}") from e
+    fallback = None
     if target != "qdq":
         from zerop_deploy.deploy import to_target
 
+        exact = qproto
         try:
-            qproto = to_target(qproto, target, images.numpy())
-        except ExportError as e:
-            raise ExportError(
-                f"{source}: {what} cannot be written for --target {target}: {e}; "
-                "use --target qdq"
-            ) from e
+            qproto = to_target(exact, target, images.numpy())
+            OrtRunner(qproto).logits(images.numpy())
+        except (ExportError, ValidationError) as e:
+            if not default_target:
+                raise ExportError(
+                    f"{source}: {what} cannot be written for --target {target}: {e}; "
+                    "use --target qdq"
+                ) from e
+            fallback = f"target {target} cannot be written for this model ({e})"
+            qproto, target = exact, "qdq"
     try:
         runner = OrtRunner(qproto)
         ort_logits = runner.logits(images.numpy())
@@ -94,6 +104,7 @@ def preflight(
     return {
         "seconds": round(time.monotonic() - start, 2),
         "target": target,
+        **({"target_fallback": fallback} if fallback else {}),
         "images": len(images),
         "quantized_layers": sum(p.skipped is None for p in plan),
         "ort_vs_student_max_abs_logit_diff": float(np.abs(ort_logits - ours).max()),

@@ -88,7 +88,7 @@ def quantize(
     min_agreement: float | None = None,
     plot_layers: str | os.PathLike[str] | None = None,
     progress: bool = True,
-    target: str = DEFAULT_TARGET,
+    target: str | None = None,
 ) -> dict[str, Any]:
     """Quantize an ONNX model with distillation on proxy data and export it as a QDQ ONNX model.
 
@@ -106,13 +106,16 @@ def quantize(
             (the report's ``layers[].output_sqnr_db``: which layers hurt most) to this PNG.
         progress: Show progress bars on stderr (only on a terminal).
         target: Deployment target of the written file (:data:`zerop_deploy.deploy.TARGETS`):
-            ``qdq`` the exact student, ``ort-cpu`` onnxruntime's integer CPU kernels.
+            ``qdq`` the exact student, ``ort-cpu`` onnxruntime's integer CPU kernels. None: the
+            default, :data:`zerop_deploy.deploy.DEFAULT_TARGET`, or ``qdq`` for a model the
+            preflight cannot write for it (the report's ``preflight.target_fallback`` says why).
 
     Returns:
         The report (also written as JSON).
     """
     quant, train, data = quant or QuantConfig(), train or TrainConfig(), data or DataConfig()
-    check_target(target)
+    if target is not None:
+        check_target(target)
     src = Path(model)
     inputs = [src, *data.input_paths()]
     out = check_output_path(output or default_output(src, quant), inputs)
@@ -136,7 +139,7 @@ def _quantize_locked(
     min_agreement: float | None,
     plot_layers: str | os.PathLike[str] | None,
     progress: bool,
-    target: str,
+    target: str | None,
 ) -> dict[str, Any]:
     """The rest of :func:`quantize`, run while it holds the lock on its output."""
     rep = check_output_path(report or default_report(out), [*inputs, out])
@@ -169,7 +172,11 @@ def _quantize_locked(
     say("preflight: exporting a calibrated student and loading it in onnxruntime")
     with torch.random.fork_rng(devices=[]):  # the run's random stream stays as it was
         images = normalize(preflight_images(chw, train.seed), data.mean, data.std)
-        checked = preflight(teacher, proto, quant, images, str(src), target=target)
+        checked = preflight(teacher, proto, quant, images, str(src),
+                            target=target or DEFAULT_TARGET, default_target=target is None)
+    target = checked["target"]
+    if "target_fallback" in checked:
+        say(f"{checked['target_fallback']}; writing target qdq")
     proxy = proxy_data(data, teacher, proto, chw, train.seed, sources, say, progress)
     say(f"{len(proxy.train)} proxy images for training, {len(proxy.holdout)} held back")
     synth_cache = out.with_name(out.name + ".synth.npz")

@@ -203,7 +203,7 @@ def quantize_cmd(
     plot_layers: Path | None,
     asymmetric_activations: bool | None,
     equalize: bool | None,
-    target: str,
+    target: str | None,
     quiet: bool,
     as_json: bool,
 ) -> None:

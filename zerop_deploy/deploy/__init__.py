@@ -20,8 +20,9 @@ from zerop_deploy.errors import ConfigError, InputError
 TARGETS = ("qdq", "ort-cpu")
 """Deployment targets, in the order ``--target`` lists them."""
 
-DEFAULT_TARGET = "qdq"
-"""The target of ``quantize`` when none is given (see README, "Deployment targets")."""
+DEFAULT_TARGET = "ort-cpu"
+"""The target of ``quantize`` when none is given (see README, "Deployment targets"): measured
+1.0-2.2x fp32's speed in onnxruntime against 0.24-0.48x for the exact 4-bit file."""
 
 _METADATA_KEY = "zerop_deploy.quantization"
 
