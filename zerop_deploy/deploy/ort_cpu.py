@@ -49,7 +49,7 @@ def act_grid_8bit(grid: ActGrid) -> tuple[float, int]:
     return grid.scale / FINER, zp
 
 
-def to_ort_cpu(qdq: onnx.ModelProto, images: np.ndarray, *, batch: int = 16) -> onnx.ModelProto:
+def to_ort_cpu(qdq: onnx.ModelProto, images: np.ndarray, *, batch: int = 8) -> onnx.ModelProto:
     """The ``ort-cpu`` file of an exported ``qdq`` model.
 
     Args:
@@ -108,6 +108,9 @@ def to_ort_cpu(qdq: onnx.ModelProto, images: np.ndarray, *, batch: int = 16) -> 
                     "ActivationSymmetric": False,
                     "WeightSymmetric": True,
                     "QDQDisableWeightAdjustForInt32Bias": True,
+                    # ranges are reduced after every batch: memory holds one batch of every
+                    # intermediate tensor, not all of them (MaxViT at 224 px was killed)
+                    "CalibMaxIntermediateOutputs": 1,
                 },
             )  # fmt: skip
             result = onnx.load(out)
