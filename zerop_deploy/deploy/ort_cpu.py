@@ -75,14 +75,23 @@ def to_ort_cpu(qdq: onnx.ModelProto, images: np.ndarray, *, batch: int = 8) -> o
     pads_into_convs(view.model, view.acts)
     input_name = view.model.graph.input[0].name
 
+    batches = [images[i : i + batch] for i in range(0, len(images), batch)]
+
     class _Reader(CalibrationDataReader):
+        """One batch per ``set_range`` window (onnxruntime's strided calibration)."""
+
         def __init__(self) -> None:
-            self._it: Iterator[dict[str, np.ndarray]] = (
-                {input_name: images[i : i + batch]} for i in range(0, len(images), batch)
-            )
+            self._it: Iterator[np.ndarray] = iter(batches)
+
+        def __len__(self) -> int:
+            return len(batches)
+
+        def set_range(self, start_index: int, end_index: int) -> None:
+            self._it = iter(batches[start_index:end_index])
 
         def get_next(self) -> dict[str, np.ndarray] | None:
-            return next(self._it, None)
+            x = next(self._it, None)
+            return None if x is None else {input_name: x}
 
     overrides = _overrides(view, QuantType)
     skipped = [
@@ -110,7 +119,7 @@ def to_ort_cpu(qdq: onnx.ModelProto, images: np.ndarray, *, batch: int = 8) -> o
                     "QDQDisableWeightAdjustForInt32Bias": True,
                     # ranges are reduced after every batch: memory holds one batch of every
                     # intermediate tensor, not all of them (MaxViT at 224 px was killed)
-                    "CalibMaxIntermediateOutputs": 1,
+                    "CalibStridedMinMax": 1,
                 },
             )  # fmt: skip
             result = onnx.load(out)
