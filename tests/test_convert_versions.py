@@ -106,3 +106,25 @@ def test_layernorm_after_a_reshape_of_unknown_shape():
     r = next(v for v in inferred.graph.value_info if v.name == "r")
     assert not any(d.dim_value for d in r.type.tensor_type.shape.dim)  # onnx2torch's failing case
     assert_ort_matches_torch(model)
+
+
+@pytest.mark.parametrize("which", ["max", "min", "both"])
+def test_clip_with_bounds_computed_at_run_time(which):
+    """Swin-V2 clamps its logit scale with a bound computed by a Log node (onnx2torch refuses)."""
+    nodes = [
+        helper.make_node("Log", ["hundred"], ["high"]),
+        helper.make_node("Neg", ["high"], ["low"]),
+        helper.make_node("Clip", ["x", "low" if which != "max" else "",
+                                  "high" if which != "min" else ""], ["y"]),
+    ]  # fmt: skip
+    model = _model(nodes, {"hundred": np.array(100.0, np.float32)}, [2, 3, 4, 4], opset=13)
+    model.ir_version = 8
+    x = np.random.default_rng(0).normal(0, 8, (2, 3, 4, 4)).astype(np.float32)
+    assert_ort_matches_torch(model)
+    module = convert_model(model)
+    import torch
+
+    y = module(torch.from_numpy(x)).numpy()
+    low = -np.log(100.0) if which != "max" else None
+    high = np.log(100.0) if which != "min" else None
+    assert np.allclose(y, np.clip(x, low, high), atol=1e-6)

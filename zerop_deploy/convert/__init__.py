@@ -10,6 +10,7 @@ Identity/ConstantOfShape become initializers; inert ``allowzero=1`` on Reshape i
 
 from zerop_deploy.convert import (  # noqa: F401  # noqa: F401
     convert_averagepool,
+    convert_clip,
     convert_dropout,
     convert_gelu,
     convert_layernormalization,
