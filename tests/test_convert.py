@@ -6,7 +6,8 @@ import pytest
 
 from tests.helpers import assert_ort_matches_torch, one_node_model
 
-REDUCE_OPS = ["ReduceMean", "ReduceMax", "ReduceMin"]
+REDUCE_OPS = ["ReduceMean", "ReduceMax", "ReduceMin", "ReduceL1", "ReduceL2", "ReduceLogSum",
+              "ReduceLogSumExp", "ReduceProd", "ReduceSumSquare"]
 
 
 @pytest.mark.parametrize("op", REDUCE_OPS)

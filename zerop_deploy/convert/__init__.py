@@ -17,6 +17,7 @@ from zerop_deploy.convert import (  # noqa: F401  # noqa: F401
     convert_reducemax,
     convert_reducemean,
     convert_reducemin,
+    convert_reductions18,
     convert_reshape,
     convert_split,
     convert_transpose,

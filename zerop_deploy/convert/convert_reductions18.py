@@ -1,0 +1,44 @@
+"""ReduceL1/L2/LogSum/LogSumExp/Prod/SumSquare-18 (axes as an optional input).
+
+Their opset-18 versions only moved ``axes`` from an attribute to an input, and onnx2torch registers
+them only up to opset 13 (Swin-V2 at opset 20 normalises its attention queries and keys with
+ReduceL2).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from zerop_deploy.convert._reduce18 import register_reduce18
+
+
+def _l1(x: torch.Tensor, dims: list[int], keep: bool) -> torch.Tensor:
+    return x.abs().sum(dim=dims, keepdim=keep)
+
+
+def _l2(x: torch.Tensor, dims: list[int], keep: bool) -> torch.Tensor:
+    return x.square().sum(dim=dims, keepdim=keep).sqrt()
+
+
+def _log_sum(x: torch.Tensor, dims: list[int], keep: bool) -> torch.Tensor:
+    return x.sum(dim=dims, keepdim=keep).log()
+
+
+def _log_sum_exp(x: torch.Tensor, dims: list[int], keep: bool) -> torch.Tensor:
+    return torch.logsumexp(x, dim=dims, keepdim=keep)
+
+
+def _prod(x: torch.Tensor, dims: list[int], keep: bool) -> torch.Tensor:
+    for d in sorted(dims, reverse=True):
+        x = x.prod(dim=d, keepdim=keep)
+    return x
+
+
+def _sum_square(x: torch.Tensor, dims: list[int], keep: bool) -> torch.Tensor:
+    return x.square().sum(dim=dims, keepdim=keep)
+
+
+for _op, _fn in (("ReduceL1", _l1), ("ReduceL2", _l2), ("ReduceLogSum", _log_sum),
+                 ("ReduceLogSumExp", _log_sum_exp), ("ReduceProd", _prod),
+                 ("ReduceSumSquare", _sum_square)):  # fmt: skip
+    register_reduce18(_op, _fn, versions=(18,))
