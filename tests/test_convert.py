@@ -377,3 +377,16 @@ def test_default_exporter_cnn_converts(tmp_path):
     model = onnx.load(str(path))
     assert {"Split", "Reshape"} <= {n.op_type for n in model.graph.node}
     assert_ort_matches_torch(model, atol=1e-5)
+
+
+def test_reducel2_18_gradient_is_finite_at_an_all_zero_row():
+    """Fine-tuning back-propagates through it; a zero row (padded window) must not make NaN."""
+    import torch
+
+    from zerop_deploy.load import convert_model
+
+    model = one_node_model("ReduceL2", {"x": (2, 3)}, None, opset=18,
+                           initializers={"axes": np.array([1], dtype=np.int64)})  # fmt: skip
+    x = torch.tensor([[0.0, 0.0, 0.0], [3.0, 4.0, 0.0]], requires_grad=True)
+    convert_model(model)(x).sum().backward()
+    assert torch.isfinite(x.grad).all()

@@ -17,7 +17,9 @@ def _l1(x: torch.Tensor, dims: list[int], keep: bool) -> torch.Tensor:
 
 
 def _l2(x: torch.Tensor, dims: list[int], keep: bool) -> torch.Tensor:
-    return x.square().sum(dim=dims, keepdim=keep).sqrt()
+    # vector_norm's gradient at an all-zero row is 0; sqrt(sum(x^2)) gives inf * 0 = NaN there
+    # (Swin-V2's zero-padded attention windows), which fine-tuning then spreads to every weight
+    return torch.linalg.vector_norm(x, ord=2, dim=dims, keepdim=keep)
 
 
 def _log_sum(x: torch.Tensor, dims: list[int], keep: bool) -> torch.Tensor:
