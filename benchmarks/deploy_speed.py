@@ -51,7 +51,8 @@ def measure(name: str, steps: int, work: Path) -> dict:
     model = SHARED / "models" / model_file
     qdq, dep = work / f"{name}.qdq.onnx", work / f"{name}.ort-cpu.onnx"
     steps_here = steps if chw[1] <= 64 else 2
-    _run(["quantize", str(model), *bits, "--steps", str(steps_here), "-o", str(qdq), "--quiet"])
+    quantize = ["quantize", str(model), *bits, "--steps", str(steps_here), "-o", str(qdq)]
+    _run([*quantize, "--quiet", "--target", "qdq"])
     retarget_s = _run(["retarget", str(qdq), "--target", "ort-cpu", "-o", str(dep)])
     doc = json.loads((work / f"{name}.qdq.report.json").read_text())
     pool = load_pool(open_source(SHARED / "data" / eval_name), chw)
@@ -64,7 +65,8 @@ def measure(name: str, steps: int, work: Path) -> dict:
                   layers=False)["end_to_end"]["by_batch"]  # fmt: skip
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()  # fmt: skip
-    return {"model": name, "code": commit, "file": model_file, "bits": " ".join(bits), "steps": steps_here,
+    return {"model": name, "code": commit, "file": model_file, "bits": " ".join(bits),
+            "steps": steps_here,
             "eval": eval_name, "eval_images": len(y), "accuracy": acc,
             "ort_cpu_vs_qdq_top1_agreement": agree, "retarget_seconds": round(retarget_s, 1),
             "quantize_layers": len(doc["layers"]), "speed": speed}  # fmt: skip
