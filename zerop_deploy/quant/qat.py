@@ -181,6 +181,8 @@ def train(
     # no BatchNorm is left in the student: eval mode keeps the converted modules deterministic
     student.eval().to(device)
     _trainable(student)
+    # before DDP: it lays its gradient buckets out after the parameters' strides
+    layout = _Layout(device, batch, teacher, student)
     rank, world = distributed_context(device)
     model: nn.Module = student
     if world > 1:
@@ -228,9 +230,49 @@ def train(
             snapshot,
             progress and rank == 0,
             taps,
+            layout,
         )
     finally:
         taps.remove()
+        layout.restore()
+
+
+class _Layout:
+    """channels_last (NHWC) memory for both networks and the batches while training on the CPU.
+
+    oneDNN's NHWC convolutions, depthwise ones above all, run forward + backward about 1.8x
+    faster than NCHW on the CPU (EfficientNet-Lite0 at 224 px, batch 16). The networks switch
+    when the batches are 4-D, in place (parameters keep their identity, so the optimizer's state
+    still matches), and return to the contiguous layout when training ends; values are unchanged.
+    ``ZEROP_CHANNELS_LAST=0`` keeps NCHW.
+    """
+
+    def __init__(self, device: torch.device, batch: BatchFn, *modules: nn.Module) -> None:
+        self.modules = modules
+        self.active = False
+        if device.type == "cpu" and os.environ.get("ZEROP_CHANNELS_LAST", "1") != "0":
+            if batch(0).dim() == 4:
+                self._convert(torch.channels_last)
+                self.active = True
+
+    def batch(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` in the training layout."""
+        if not self.active or x.dim() != 4:
+            return x
+        return x.contiguous(memory_format=torch.channels_last)
+
+    def restore(self) -> None:
+        """Back to the contiguous layout (export, evaluation and state dicts expect it)."""
+        if self.active:
+            self._convert(torch.contiguous_format)
+            self.active = False
+
+    def _convert(self, fmt: torch.memory_format) -> None:
+        with torch.no_grad():
+            for m in self.modules:
+                for t in [*m.parameters(), *m.buffers()]:
+                    if t.dim() == 4:
+                        t.data = t.data.contiguous(memory_format=fmt)
 
 
 class _FeatureTaps:
@@ -307,7 +349,9 @@ def _step(teacher, student, x, cfg, opt, taps) -> tuple[int, float]:
     return len(x), float(loss.detach())
 
 
-def _loop(teacher, student, batch, cfg, opt, device, step, elapsed0, snapshot, progress, taps):
+def _loop(
+    teacher, student, batch, cfg, opt, device, step, elapsed0, snapshot, progress, taps, layout
+):
     from tqdm import tqdm
 
     t0, last_ckpt, images, loss_val = time.monotonic(), time.monotonic(), 0, float("nan")
@@ -331,7 +375,9 @@ def _loop(teacher, student, batch, cfg, opt, device, step, elapsed0, snapshot, p
                 for g in opt.param_groups:
                     g["lr"] = g["base_lr"] * _lr_factor(step, cfg.steps, elapsed, cfg.time_budget_s)
                 consistent = False
-                n, loss_val = _step(teacher, student, batch(step).to(device), cfg, opt, taps)
+                n, loss_val = _step(
+                    teacher, student, layout.batch(batch(step).to(device)), cfg, opt, taps
+                )
                 step, images, consistent = step + 1, images + n, True
                 bar.update(1)
                 bar.set_postfix(
