@@ -229,3 +229,24 @@ def test_a_model_ort_cpu_cannot_take_falls_back_to_qdq_only_by_default(files, tm
     assert doc["target"]["name"] == "qdq" and doc["target"]["exact"] is True
     types = {t.data_type for t in onnx.load(out).graph.initializer}
     assert onnx.TensorProto.INT4 in types
+
+
+def test_ort_cpu_file_is_the_same_bytes_in_every_process(files):
+    """Nothing may depend on Python's per-process hash seed (the folded shapes once did)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import hashlib, sys, numpy as np, onnx\n"
+        "from zerop_deploy.deploy.ort_cpu import to_ort_cpu\n"
+        "x = np.random.default_rng(0).standard_normal((8, 3, 16, 16)).astype(np.float32)\n"
+        "m = to_ort_cpu(onnx.load(sys.argv[1]), x)\n"
+        "print(hashlib.sha256(m.SerializeToString()).hexdigest())\n"
+    )
+    digests = set()
+    for seed in ("1", "2"):
+        env = {**__import__("os").environ, "PYTHONHASHSEED": seed}
+        out = subprocess.run([sys.executable, "-c", code, str(files / "net.int4.onnx")],
+                             capture_output=True, text=True, env=env, check=True)  # fmt: skip
+        digests.add(out.stdout.strip())
+    assert len(digests) == 1

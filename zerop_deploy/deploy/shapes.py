@@ -69,7 +69,7 @@ def _boundary(graph: onnx.GraphProto) -> list[str]:
     in a float graph, but a rewrite that needs the value (a Pad folded into its Conv) needs it now.
     """
     consts = set(constant_tensors(graph))
-    derived: set[str] = set()
+    derived: dict[str, None] = {}  # in graph order, so the folded file is the same every run
     for node in graph.node:
         inputs = [i for i in node.input if i]
         if node.op_type in _SOURCES or (
@@ -77,7 +77,7 @@ def _boundary(graph: onnx.GraphProto) -> list[str]:
             and node.op_type != "Constant"
             and all(i in derived or i in consts for i in inputs)
         ):
-            derived.update(o for o in node.output if o)
+            derived.update(dict.fromkeys(o for o in node.output if o))
     readers = consumers(graph)
     outputs = {o.name for o in graph.output}
     return [
