@@ -291,21 +291,21 @@ def table(rows: list[dict]) -> str:
 
 def write_benchmarks(text: str, command: str) -> None:
     """Replace the generated block of BENCHMARKS.md (or append the section)."""
-    _, BEGIN, END, SECTION = _names(TARGET)  # noqa: N806 - the target's markers
+    _, begin, end, section = _names(TARGET)
     bench = ROOT / "BENCHMARKS.md"
     doc = bench.read_text()
     cells = "onnxruntime-vs-student top-1 agreement on the held-back proxy images"
     if TARGET != "qdq":
         cells += "; compute nodes onnxruntime still runs in float"
     block = (
-        f"{BEGIN}\nCommand: `{command}` on {platform.machine()}, {os.cpu_count()} cores; "
-        f"cells: status ({cells}).\n\n{text}\n{END}"
+        f"{begin}\nCommand: `{command}` on {platform.machine()}, {os.cpu_count()} cores; "
+        f"cells: status ({cells}).\n\n{text}\n{end}"
     )
-    if BEGIN in doc:
-        head, rest = doc.split(BEGIN, 1)
-        doc = head + block + rest.split(END, 1)[1]
+    if begin in doc:
+        head, rest = doc.split(begin, 1)
+        doc = head + block + rest.split(end, 1)[1]
     else:
-        doc = doc.rstrip("\n") + f"\n\n{SECTION}\n\n{block}\n"
+        doc = doc.rstrip("\n") + f"\n\n{section}\n\n{block}\n"
     tmp = bench.with_suffix(".md.tmp")
     tmp.write_text(doc)
     tmp.replace(bench)

@@ -75,14 +75,14 @@ def preflight(
         qproto = export_qdq(proto, layer_quants(student, plan, proto), int32_bias=True)
     except ExportError as e:
         raise ExportError(f"{source}: {what} cannot be exported: {e}") from e
-    fallback = None
+    fallback, ort_logits = None, None
     if target != "qdq":
         from zerop_deploy.deploy import to_target
 
         exact = qproto
         try:
             qproto = to_target(exact, target, images.numpy())
-            OrtRunner(qproto).logits(images.numpy())
+            ort_logits = OrtRunner(qproto).logits(images.numpy())
         except (ExportError, ValidationError) as e:
             if not default_target:
                 raise ExportError(
@@ -92,8 +92,8 @@ def preflight(
             fallback = f"target {target} cannot be written for this model ({e})"
             qproto, target = exact, "qdq"
     try:
-        runner = OrtRunner(qproto)
-        ort_logits = runner.logits(images.numpy())
+        if ort_logits is None:  # the qdq file (asked for, or the fallback): load it now
+            ort_logits = OrtRunner(qproto).logits(images.numpy())
     except ValidationError as e:
         raise ValidationError(
             f"{source}: {what} was exported, but {e}; keep the layer onnxruntime names in float "

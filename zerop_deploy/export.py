@@ -66,7 +66,7 @@ INT4_OPSET = 21
 PER_AXIS_OPSET = 13
 """First default-domain opset with per-axis (``axis`` attribute) DequantizeLinear."""
 
-_INT_TYPES = {
+INT_TYPES = {
     (4, True): TensorProto.INT4,
     (4, False): TensorProto.UINT4,
     (8, True): TensorProto.INT8,
@@ -225,7 +225,7 @@ class _Rewriter:
         key = (x, act.bits, act.signed, float(act.scale), int(act.zero_point))
         if key in self.pairs:
             return self.pairs[key]
-        qtype = _INT_TYPES[(act.bits, act.signed)]
+        qtype = INT_TYPES[(act.bits, act.signed)]
         scale = self._init(
             numpy_helper.from_array(np.array(act.scale, np.float32), self.names(f"{x}_scale"))
         )

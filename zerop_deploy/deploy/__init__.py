@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 
 from zerop_deploy.errors import ConfigError, InputError
+from zerop_deploy.export import METADATA_KEY
 
 TARGETS = ("qdq", "ort-cpu")
 """Deployment targets, in the order ``--target`` lists them."""
@@ -24,8 +25,6 @@ DEFAULT_TARGET = "ort-cpu"
 """The target of ``quantize`` when none is given (see README, "Deployment targets"): measured
 1.4-1.9x fp32's speed in onnxruntime at batch 1 and 0.95-2.1x at batch 64, against 0.24-0.39x
 for the exact 4-bit file."""
-
-_METADATA_KEY = "zerop_deploy.quantization"
 
 ORT_CPU_CHANGES = [
     "weights: the student's integer levels and scales, stored as int8 (exact)",
@@ -53,10 +52,10 @@ def target_of(model: onnx.ModelProto, source: str) -> str:
         InputError: The file was not written by ``quantize`` (no metadata entry of ours).
     """
     for prop in model.metadata_props:
-        if prop.key == _METADATA_KEY:
+        if prop.key == METADATA_KEY:
             return str(json.loads(prop.value).get("target", "qdq"))
     raise InputError(
-        f"{source}: not a file written by zerop-deploy quantize (no '{_METADATA_KEY}' metadata); "
+        f"{source}: not a file written by zerop-deploy quantize (no '{METADATA_KEY}' metadata); "
         "retarget converts the output of quantize"
     )
 
@@ -80,7 +79,7 @@ def to_target(qdq: onnx.ModelProto, target: str, images: np.ndarray) -> onnx.Mod
 
     model = to_ort_cpu(qdq, images)
     for prop in model.metadata_props:
-        if prop.key == _METADATA_KEY:
+        if prop.key == METADATA_KEY:
             prop.value = json.dumps({**json.loads(prop.value), "target": target},
                                     separators=(",", ":"))  # fmt: skip
     return model

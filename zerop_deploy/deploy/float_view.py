@@ -18,11 +18,11 @@ from onnx import TensorProto, numpy_helper
 
 from zerop_deploy import _onnx_graph as g
 from zerop_deploy.errors import ExportError
-from zerop_deploy.onnx_facts import constant_tensors, consumers, producers
+from zerop_deploy.export import INT_TYPES
+from zerop_deploy.onnx_facts import constant_tensors, consumers
 
-_SIGNED = {TensorProto.INT4: True, TensorProto.INT8: True, TensorProto.UINT4: False,
-           TensorProto.UINT8: False}  # fmt: skip
-_BITS = {TensorProto.INT4: 4, TensorProto.UINT4: 4, TensorProto.INT8: 8, TensorProto.UINT8: 8}
+_KIND = {dtype: kind for kind, dtype in INT_TYPES.items()}
+"""Integer tensor type -> (bits, signed), the inverse of the exporter's table."""
 
 
 @dataclass(frozen=True)
@@ -114,15 +114,15 @@ def float_view(qdq: onnx.ModelProto) -> FloatView:
     weights: dict[str, WeightGrid] = {}
     acts: dict[str, list[ActUse]] = {}
     rename: dict[str, str] = {}
-    drop: set[int] = set()
+    drop: set[int] = set()  # id() of the nodes to remove
     readers = consumers(graph)
-    for i, node in enumerate(graph.node):
+    for node in graph.node:
         if node.op_type == "DequantizeLinear" and node.input[0] in consts:
             value, grid = _dequantize(node, consts)
             graph.initializer.append(numpy_helper.from_array(value, node.output[0]))
             if grid is not None:
                 weights[node.output[0]] = grid
-            drop.add(i)
+            drop.add(id(node))
         elif node.op_type == "QuantizeLinear" and node.input[0] not in consts:
             grid = _act_grid(node, consts)
             users: set[str] = set()
@@ -134,15 +134,10 @@ def float_view(qdq: onnx.ModelProto) -> FloatView:
                     )
                 rename[reader.output[0]] = node.input[0]
                 users.update(r.name for r in readers.get(reader.output[0], []))
+                drop.add(id(reader))
             acts.setdefault(node.input[0], []).append(ActUse(grid, frozenset(users)))
-            drop.add(i)
-    producer = producers(graph)
-    for i, node in enumerate(graph.node):
-        source = producer.get(node.input[0]) if node.input else None
-        if node.op_type == "DequantizeLinear" and source is not None:
-            if source.op_type == "QuantizeLinear" and source.input[0] not in consts:
-                drop.add(i)
-    kept = [n for i, n in enumerate(graph.node) if i not in drop]
+            drop.add(id(node))
+    kept = [n for n in graph.node if id(n) not in drop]
     for node in kept:
         for j, name in enumerate(node.input):
             if name in rename:
@@ -179,7 +174,7 @@ def _dequantize(
     value = (levels * scale.reshape(shape)).astype(np.float32)
     if q.data_type == TensorProto.INT32:
         return value, None
-    return value, WeightGrid(scale.reshape(-1), axis, _BITS[q.data_type])
+    return value, WeightGrid(scale.reshape(-1), axis, _KIND[q.data_type][0])
 
 
 def _act_grid(node: onnx.NodeProto, consts: dict[str, onnx.TensorProto]) -> ActGrid:
@@ -190,6 +185,6 @@ def _act_grid(node: onnx.NodeProto, consts: dict[str, onnx.TensorProto]) -> ActG
     else:
         dtype = next((a.i for a in node.attribute if a.name == "output_dtype"), TensorProto.UINT8)
         zp = 0
-    if dtype not in _BITS:
+    if dtype not in _KIND:
         raise ExportError(f"node {node.name!r}: QuantizeLinear to type {dtype} is not ours")
-    return ActGrid(scale, zp, _BITS[dtype], _SIGNED[dtype])
+    return ActGrid(scale, zp, *_KIND[dtype])

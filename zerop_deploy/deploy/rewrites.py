@@ -29,7 +29,7 @@ def channel_shuffles_to_gather(model: onnx.ModelProto) -> int:
         found = _match(first, readers, consts)
         if found is None:
             continue
-        transpose, last, groups, channels = found
+        last, groups, channels = found
         per = channels // groups
         perm = np.array([i1 * per + i2 for i2 in range(per) for i1 in range(groups)], np.int64)
         name = make(f"{last.name or last.output[0]}_channel_perm")
@@ -76,7 +76,7 @@ def _match(first, readers, consts):  # type: ignore[no-untyped-def]
     groups, per = int(five[1]), int(five[2])
     if four[1] != groups * per or list(four[2:]) != list(five[3:]) or five[0] != four[0]:
         return None
-    return transpose, last, groups, groups * per
+    return last, groups, groups * per
 
 
 def pads_into_convs(model: onnx.ModelProto, acts: dict) -> int:  # type: ignore[type-arg]
