@@ -55,14 +55,14 @@ METHODS = ("ort_static", "synthetic", "proxy", "zerop", "upper_bound", "default"
 
 
 def _test_set(data: Path):
-    from zerop_deploy.data import load_images, to_model_input
+    from zerop_deploy.data.sources import load_images, to_model_input
 
     s = load_images(data / "cifar10_test.npz")
     return to_model_input(s.images, (3, 32, 32)).numpy(), s.labels
 
 
 def _accuracy(model: Path, x: np.ndarray, y: np.ndarray) -> float:
-    from zerop_deploy.validate import accuracy
+    from zerop_deploy.validate.compare import accuracy
 
     return accuracy(str(model), x, y)
 

@@ -4,8 +4,8 @@ The corpus: torchvision classification architectures with random weights (``weig
 exported three ways (TorchScript exporter opset 13; TorchScript exporter opset 17 with
 BatchNormalization kept; torch's default exporter, ``dynamo=True``), plus the model-zoo graphs
 shipped inside the ``onnx`` package (``onnx/backend/test/data/light/*.onnx``). Every entry is read
-with :func:`zerop_deploy.load.read_model`, converted with :func:`zerop_deploy.load.convert_model`
-and compared with onnxruntime by :func:`zerop_deploy.load.check_parity`. One entry's failure never
+with :func:`zerop_deploy.load.read.read_model`, converted with :func:`zerop_deploy.load.to_torch.convert_model`
+and compared with onnxruntime by :func:`zerop_deploy.load.parity.check_parity`. One entry's failure never
 stops the run.
 
 Usage::
@@ -141,7 +141,8 @@ def zoo_models() -> list[Path]:
 
 def _convert_and_compare(proto, path: Path, name: str) -> tuple[dict, str | None]:  # noqa: ANN001
     """Convert ``proto`` and compare it with onnxruntime; return numbers and the error (or None)."""
-    from zerop_deploy.load import check_parity, convert_model
+    from zerop_deploy.load.parity import check_parity
+    from zerop_deploy.load.to_torch import convert_model
 
     t0 = time.perf_counter()
     module = convert_model(proto, source=name)
@@ -180,12 +181,12 @@ def _explain(e: BaseException, proto) -> str:  # noqa: ANN001
 def measure(path: Path, result: Result) -> Result:
     """Read, convert and compare one ONNX file, filling ``result``; never raises.
 
-    The model is converted as :func:`zerop_deploy.load.convert_model` gets it and, when
-    :func:`zerop_deploy.convert.prepare.prepare_for_onnx2torch` changes the graph, once more after
+    The model is converted as :func:`zerop_deploy.load.to_torch.convert_model` gets it and, when
+    :func:`zerop_deploy.load.convert.prepare.prepare_for_onnx2torch` changes the graph, once more after
     it.
     """
-    from zerop_deploy.convert.prepare import prepare_for_onnx2torch
-    from zerop_deploy.load import read_model
+    from zerop_deploy.load.convert.prepare import prepare_for_onnx2torch
+    from zerop_deploy.load.read import read_model
     from zerop_deploy.onnx_facts import opset_of
 
     try:
@@ -350,7 +351,7 @@ def markdown(results: list[Result], meta: dict) -> str:
         + " (the opset column says what each emitted)"
         + (ZOO_NOTE if "onnx zoo" in meta["exporters"] else "")
         + ". `prepared`: the same entry converted after"
-        " `zerop_deploy.convert.prepare.prepare_for_onnx2torch` (weights computed by"
+        " `zerop_deploy.load.convert.prepare.prepare_for_onnx2torch` (weights computed by"
         " Identity/ConstantOfShape turned into initializers, inert `allowzero=1` dropped); both"
         " columns agree once `convert_model` applies that pass itself; `same` = the pass changes"
         " nothing.",

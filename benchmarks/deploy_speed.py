@@ -3,7 +3,7 @@
 For each model: ``zerop-deploy quantize`` writes the exact student (target qdq), ``zerop-deploy
 retarget --target ort-cpu`` turns it into the deployment file (calibrated on the built-in pool).
 Then, side by side in one process: onnxruntime fp32, the qdq file and the ort-cpu file, at batch
-1 and 64 with 2 threads in interleaved rounds (``zerop_deploy.bench.bench``), and the top-1
+1 and 64 with 2 threads in interleaved rounds (``zerop_deploy.bench.tables.bench``), and the top-1
 accuracy of all three on the labelled eval set (CIFAR-10 test, 10,000 images; ImageNet eval
 folder, 1,000 images), plus the top-1 agreement of ort-cpu with the qdq file.
 
@@ -23,9 +23,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks._common import SHARED  # noqa: E402
-from zerop_deploy.bench import bench  # noqa: E402
-from zerop_deploy.data import load_pool, normalize, open_source  # noqa: E402
-from zerop_deploy.validate import run_logits  # noqa: E402
+from zerop_deploy.bench.tables import bench  # noqa: E402
+from zerop_deploy.data.preprocess import normalize
+from zerop_deploy.data.sources import load_pool, open_source  # noqa: E402
+from zerop_deploy.validate.compare import run_logits  # noqa: E402
 
 MODELS = {
     "resnet20": ("resnet20_cifar10_folded.onnx", "cifar10_test.npz", ["--bits", "4"], (3, 32, 32)),

@@ -122,7 +122,9 @@ def _mutate_graph(data: bytes, rnd: random.Random) -> bytes:
 
 
 def _try_model(path: Path) -> None:
-    from zerop_deploy.load import check_parity, convert_model, read_model
+    from zerop_deploy.load.parity import check_parity
+    from zerop_deploy.load.read import read_model
+    from zerop_deploy.load.to_torch import convert_model
 
     proto = read_model(path)
     module = convert_model(proto, source=str(path))
@@ -130,7 +132,7 @@ def _try_model(path: Path) -> None:
 
 
 def _try_images(path: Path) -> None:
-    from zerop_deploy.data import load_pool, open_source
+    from zerop_deploy.data.sources import load_pool, open_source
 
     load_pool(open_source(path), (3, 16, 16), limit=8)
 

@@ -25,8 +25,8 @@ from onnxruntime.quantization import (
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from zerop_deploy.data import load_images, to_model_input  # noqa: E402
-from zerop_deploy.validate import accuracy  # noqa: E402
+from zerop_deploy.data.sources import load_images, to_model_input  # noqa: E402
+from zerop_deploy.validate.compare import accuracy  # noqa: E402
 
 
 class _Reader(CalibrationDataReader):

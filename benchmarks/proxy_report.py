@@ -10,7 +10,7 @@ import json
 
 from _common import ROOT, write_section
 
-from zerop_deploy.stats import spearman
+from zerop_deploy.proxy.stats import spearman
 
 UPPER = "cifar10_train_5k"
 

@@ -3,7 +3,7 @@
 Reads the per-candidate W4A4 accuracies measured by ``proxy_study.py`` and computes, on the same
 1,024 images per candidate, several scores from one pass through the model:
 
-* ``bns``: the default normalised BNS distance (:func:`zerop_deploy.stats.bns_distance`);
+* ``bns``: the default normalised BNS distance (:func:`zerop_deploy.proxy.stats.bns_distance`);
 * ``plain``: ZeroQ's plain sum of L2 norms;
 * ``kl``: the mean over layers and channels of KL(observed Gaussian || stored Gaussian);
 * ``bns_mean`` / ``bns_std``: only the mean, or only the std term of ``bns``;
@@ -25,9 +25,10 @@ import numpy as np
 from _common import ROOT, SHARED
 from proxy_study import NETS, UPPER, _candidates
 
-from zerop_deploy.data import load_pool, normalize, open_source
-from zerop_deploy.load import load_model
-from zerop_deploy.stats import (
+from zerop_deploy.data.preprocess import normalize
+from zerop_deploy.data.sources import load_pool, open_source
+from zerop_deploy.load.to_torch import load_model
+from zerop_deploy.proxy.stats import (
     bns_distance,
     floored_std,
     observe_bns,

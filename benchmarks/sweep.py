@@ -38,7 +38,7 @@ from _common import SHARED
 def run_one(spec: dict, models: Path, data_dir: Path, work: Path) -> dict:
     """Quantize one configuration in this process; the report's key numbers."""
     from zerop_deploy.api import quantize
-    from zerop_deploy.config import DataConfig, QuantConfig, TrainConfig
+    from zerop_deploy.config import DataConfig, QuantConfig, RunConfig, TrainConfig
 
     q = dict(spec.get("quant", {}))
     bits = q.pop("bits", None)
@@ -60,11 +60,10 @@ def run_one(spec: dict, models: Path, data_dir: Path, work: Path) -> dict:
     t0 = time.monotonic()
     doc = quantize(
         models / spec["model"],
-        output=work / f"{spec['name']}.onnx",
         quant=QuantConfig(**q),
         train=TrainConfig(**spec.get("train", {})),
         data=DataConfig(**d),
-        progress=False,
+        run=RunConfig(output=work / f"{spec['name']}.onnx", progress=False),
     )
     return {
         "accuracy": doc["accuracy"]["quantized"],

@@ -56,7 +56,8 @@ def one_node_model(
 
 def assert_ort_matches_torch(model: onnx.ModelProto, *, seed: int = 0, atol: float = 1e-5) -> float:
     """Convert with zerop_deploy and check every output against onnxruntime on random inputs."""
-    from zerop_deploy.load import check_parity, convert_model
+    from zerop_deploy.load.parity import check_parity
+    from zerop_deploy.load.to_torch import convert_model
 
     module = convert_model(model)
     parity = check_parity(model, module, seed=seed)

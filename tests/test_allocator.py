@@ -10,7 +10,7 @@ import pytest
 
 _SCRIPT = """
 import resource, sys, torch
-from zerop_deploy._allocator import keep_freed_memory
+from zerop_deploy.quant.memory import keep_freed_memory
 if sys.argv[1] == "kept":
     assert keep_freed_memory() is True
 for _ in range(12):  # the first rounds grow the heap and settle where blocks go

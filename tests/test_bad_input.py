@@ -27,8 +27,8 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
 from tests.helpers import log_of_one_minus_input_model, small_cnn, with_external_data
-from zerop_deploy.cli import main
-from zerop_deploy.fileio import output_lock
+from zerop_deploy.cli.main import main
+from zerop_deploy.io import output_lock
 
 Case = Callable[[Path], tuple[list[str], str]]
 """``case(folder) -> (command line, text the error line must contain)``."""
@@ -501,7 +501,7 @@ def test_disk_full_while_writing_keeps_only_the_checkpoint(tmp_path, monkeypatch
 
     args = _quantize(tmp_path, _model(tmp_path))
     before = _tree(tmp_path)
-    monkeypatch.setattr("zerop_deploy.fileio.os.fsync", full)
+    monkeypatch.setattr("zerop_deploy.io.os.fsync", full)
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.exception
     err = result.stderr

@@ -6,8 +6,9 @@ import pytest
 from click.testing import CliRunner
 
 from zerop_deploy import kernels
-from zerop_deploy.bench import _Layer, _session, bench, format_bench
-from zerop_deploy.cli import main
+from zerop_deploy.bench.tables import _Layer, _session, bench
+from zerop_deploy.cli.format import format_bench
+from zerop_deploy.cli.main import main
 
 
 @pytest.fixture(scope="module")

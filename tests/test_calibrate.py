@@ -418,7 +418,7 @@ def test_bit_identical_on_cuda():
 def test_calibrated_student_is_bit_identical(cnn_bn, asymmetric, monkeypatch):
     """init_weight_scales + calibrate_activations on a CNN: every step size and zero point."""
     from zerop_deploy.config import QuantConfig
-    from zerop_deploy.load import convert_model
+    from zerop_deploy.load.to_torch import convert_model
     from zerop_deploy.quant.student import build_student
 
     quant = QuantConfig(wbits=4, abits=4, asymmetric_activations=asymmetric)

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from tests.test_load import custom_op_model
-from zerop_deploy.cli import main
+from zerop_deploy.cli.main import main
 
 
 def run(*args):
@@ -156,7 +156,7 @@ def test_an_unexpected_exception_is_one_line_and_exit_70_never_the_gate_code_1(
 
     p = tmp_path / "m.onnx"
     onnx.save(cnn_bn, str(p))
-    monkeypatch.setattr("zerop_deploy.summary.inspect_model", boom)
+    monkeypatch.setattr("zerop_deploy.api.inspect", boom)
     code, out, err = run("inspect", str(p))
     assert code == 70 and out == "" and err.count("\n") == 1 and "Traceback" not in err
     assert "internal error (ValueError: activation scale must be positive and finite" in err
@@ -171,7 +171,7 @@ def test_a_click_exception_is_exit_2_not_1(tmp_path, cnn_bn, monkeypatch):
 
     p = tmp_path / "m.onnx"
     onnx.save(cnn_bn, str(p))
-    monkeypatch.setattr("zerop_deploy.summary.inspect_model", refuse)
+    monkeypatch.setattr("zerop_deploy.api.inspect", refuse)
     code, _, err = run("inspect", str(p))
     assert code == 2 and "cannot use this" in err
 
@@ -200,7 +200,7 @@ def test_quantize_refuses_an_output_another_process_is_writing(tmp_path, cnn_bn)
 
 _HOLD_LOCK = """
 import sys
-from zerop_deploy.fileio import output_lock
+from zerop_deploy.io import output_lock
 with output_lock(sys.argv[1]):
     print("locked", flush=True)
     sys.stdin.read()

@@ -39,7 +39,7 @@ def test_reduce18_noop_with_empty_axes():
 
 
 def test_converted_module_is_named_after_the_onnx_node():
-    from zerop_deploy.load import convert_model
+    from zerop_deploy.load.to_torch import convert_model
 
     model = one_node_model(
         "ReduceMean",
@@ -116,7 +116,7 @@ def test_reshape19(opset, allowzero, shape):
 def test_reshape19_allowzero_keeps_literal_zero():
     import torch
 
-    from zerop_deploy.convert.convert_reshape import OnnxReshapeAllowZero
+    from zerop_deploy.load.convert.convert_reshape import OnnxReshapeAllowZero
 
     x = torch.zeros(0, 3)
     assert OnnxReshapeAllowZero(True)(x, torch.tensor([3, 0])).shape == (3, 0)
@@ -125,7 +125,7 @@ def test_reshape19_allowzero_keeps_literal_zero():
 
 def test_reshape19_unknown_allowzero_names_the_attribute():
     from zerop_deploy.errors import UnsupportedModelError
-    from zerop_deploy.load import convert_model
+    from zerop_deploy.load.to_torch import convert_model
 
     model = one_node_model(
         "Reshape",
@@ -169,7 +169,7 @@ def test_split18_split_input(axis, split):
 
 
 def test_split_sizes_follow_the_onnx_rule():
-    from zerop_deploy.convert.convert_split import split_sizes
+    from zerop_deploy.load.convert.convert_split import split_sizes
 
     assert split_sizes(7, 3, uneven=True) == [3, 3, 1]
     assert split_sizes(6, 3, uneven=False) == [2, 2, 2]
@@ -208,7 +208,7 @@ def test_averagepool19(opset, attrs):
 
 def test_averagepool19_dilations_are_refused_by_name():
     from zerop_deploy.errors import UnsupportedModelError
-    from zerop_deploy.load import convert_model
+    from zerop_deploy.load.to_torch import convert_model
 
     model = one_node_model(
         "AveragePool",
@@ -278,7 +278,7 @@ def _with_3_input_channels(model):
 
 @pytest.mark.parametrize(("ir_version", "opset"), [(8, 13), (3, 9)])
 def test_fold_constant_weights_makes_computed_weights_convertible(ir_version, opset):
-    from zerop_deploy.convert.fold import fold_constant_weights
+    from zerop_deploy.load.convert.fold import fold_constant_weights
 
     model = _with_3_input_channels(_conv_with_computed_weights(ir_version, opset))
     with pytest.raises(KeyError):  # onnx2torch alone reads Conv weights from initializers only
@@ -292,7 +292,7 @@ def test_fold_constant_weights_makes_computed_weights_convertible(ir_version, op
 
 
 def test_fold_constant_weights_leaves_other_graphs_alone():
-    from zerop_deploy.convert.fold import fold_constant_weights
+    from zerop_deploy.load.convert.fold import fold_constant_weights
 
     model = one_node_model("Identity", {"x": (2, 3)}, (2, 3), opset=13)
     assert fold_constant_weights(model) is model
@@ -300,7 +300,7 @@ def test_fold_constant_weights_leaves_other_graphs_alone():
 
 @pytest.mark.parametrize("opset", [14, 18])
 def test_prepare_drops_inert_allowzero_for_onnx2torch_reshape14(opset):
-    from zerop_deploy.convert.prepare import prepare_for_onnx2torch
+    from zerop_deploy.load.convert.prepare import prepare_for_onnx2torch
 
     model = one_node_model(
         "Reshape",
@@ -320,7 +320,7 @@ def test_prepare_drops_inert_allowzero_for_onnx2torch_reshape14(opset):
 
 
 def test_prepare_keeps_allowzero_when_the_shape_has_a_zero():
-    from zerop_deploy.convert.prepare import prepare_for_onnx2torch
+    from zerop_deploy.load.convert.prepare import prepare_for_onnx2torch
 
     model = one_node_model(
         "Reshape",
@@ -383,7 +383,7 @@ def test_reducel2_18_gradient_is_finite_at_an_all_zero_row():
     """Fine-tuning back-propagates through it; a zero row (padded window) must not make NaN."""
     import torch
 
-    from zerop_deploy.load import convert_model
+    from zerop_deploy.load.to_torch import convert_model
 
     model = one_node_model("ReduceL2", {"x": (2, 3)}, None, opset=18,
                            initializers={"axes": np.array([1], dtype=np.int64)})  # fmt: skip

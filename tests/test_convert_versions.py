@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from tests.helpers import assert_ort_matches_torch, one_node_model
 from zerop_deploy.errors import UnsupportedModelError
-from zerop_deploy.load import convert_model
+from zerop_deploy.load.to_torch import convert_model
 
 
 def _model(nodes, inits, x_shape, opset=20) -> onnx.ModelProto:

@@ -5,14 +5,14 @@ import pytest
 import torch
 from PIL import Image
 
-from zerop_deploy import _builtin_pool
-from zerop_deploy.data import (
+from zerop_deploy.data import builtin_pool as _builtin_pool
+from zerop_deploy.data.preprocess import Preprocess, normalize
+from zerop_deploy.data.sources import (
     BUILTIN,
     fit_images,
     iter_batches,
     load_images,
     load_pool,
-    normalize,
     open_source,
     to_model_input,
 )
@@ -241,7 +241,8 @@ def test_to_model_input_resizes_crops_and_converts_channels():
     assert x.shape == (2, 3, 32, 32) and torch.allclose(x, torch.ones_like(x))
     g = to_model_input(imgs, (1, 16, 16))
     assert g.shape == (2, 1, 16, 16) and torch.allclose(g, torch.ones_like(g), atol=1e-5)
-    n = to_model_input(imgs, (3, 32, 32), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    pre = Preprocess(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    n = to_model_input(imgs, (3, 32, 32), preprocess=pre)
     assert torch.allclose(n, torch.full_like(n, 2.0))
 
 

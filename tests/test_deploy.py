@@ -12,10 +12,10 @@ from click.testing import CliRunner
 from onnx import numpy_helper
 from torch import nn
 
-from zerop_deploy.cli import main
-from zerop_deploy.deploy.float_view import ActGrid
-from zerop_deploy.deploy.ort_cpu import FINER, act_grid_8bit
-from zerop_deploy.validate import run_logits
+from zerop_deploy.cli.main import main
+from zerop_deploy.export.targets.float_view import ActGrid
+from zerop_deploy.export.targets.ort_cpu import FINER, act_grid_8bit
+from zerop_deploy.validate.compare import run_logits
 
 
 class _Net(nn.Module):
@@ -76,7 +76,7 @@ def test_8bit_grid_saturates_where_the_student_did_and_holds_its_levels(bits, si
 
 
 def test_shape_arithmetic_folds_to_constants_with_the_same_outputs(files):
-    from zerop_deploy.deploy.shapes import fold_batch_shapes
+    from zerop_deploy.export.targets.shapes import fold_batch_shapes
 
     model = onnx.load(files / "net.onnx")
     assert any(n.op_type == "Shape" for n in model.graph.node)
@@ -88,8 +88,8 @@ def test_shape_arithmetic_folds_to_constants_with_the_same_outputs(files):
 
 
 def test_channel_shuffle_and_zero_pad_rewrites_keep_every_number(files):
-    from zerop_deploy.deploy.rewrites import channel_shuffles_to_gather, pads_into_convs
-    from zerop_deploy.deploy.shapes import fold_batch_shapes
+    from zerop_deploy.export.targets.rewrites import channel_shuffles_to_gather, pads_into_convs
+    from zerop_deploy.export.targets.shapes import fold_batch_shapes
 
     model = onnx.load(files / "net.onnx")
     fold_batch_shapes(model)
@@ -119,7 +119,7 @@ def _weight_levels(model: onnx.ModelProto) -> dict[str, tuple[np.ndarray, np.nda
 
 
 def test_retarget_ort_cpu_keeps_weights_exact_and_runs_on_integer_kernels(files):
-    from zerop_deploy.deploy.ort_kernels import kernel_summary
+    from zerop_deploy.export.targets.ort_kernels import kernel_summary
 
     out = files / "net.int4.ort-cpu.onnx"
     res = CliRunner().invoke(main, [
@@ -204,16 +204,18 @@ def test_bench_times_the_deployment_file_beside_fp32_at_each_batch(files):
 def test_a_model_ort_cpu_cannot_take_falls_back_to_qdq_only_by_default(files, tmp_path, monkeypatch,
                                                                       asked):
     """The default target never fails a run that qdq can carry; an explicit one fails at once."""
-    import zerop_deploy.deploy as deploy
-    import zerop_deploy.quant.qat as qat
+    import zerop_deploy.api.finetune as finetune
+    import zerop_deploy.api.preflight as preflight
+    import zerop_deploy.api.quantization as quantize
     from zerop_deploy.errors import ExportError
 
     def refuse(*_a, **_k):
         raise ExportError("onnxruntime's quantizer failed: test")
 
-    monkeypatch.setattr(deploy, "to_target", refuse)
+    monkeypatch.setattr(preflight, "to_target", refuse)
+    monkeypatch.setattr(quantize, "to_target", refuse)
     if asked:
-        monkeypatch.setattr(qat, "train", lambda *_a, **_k: pytest.fail("fine-tuning started"))
+        monkeypatch.setattr(finetune, "run_training", lambda *_a, **_k: pytest.fail("fine-tuning started"))
     out = tmp_path / "f.int4.onnx"
     res = CliRunner().invoke(main, [
         "quantize", str(files / "net.onnx"), "--bits", "4", "--steps", "1", "--quiet",
@@ -238,7 +240,7 @@ def test_ort_cpu_file_is_the_same_bytes_in_every_process(files):
 
     code = (
         "import hashlib, sys, numpy as np, onnx\n"
-        "from zerop_deploy.deploy.ort_cpu import to_ort_cpu\n"
+        "from zerop_deploy.export.targets.ort_cpu import to_ort_cpu\n"
         "x = np.random.default_rng(0).standard_normal((8, 3, 16, 16)).astype(np.float32)\n"
         "m = to_ort_cpu(onnx.load(sys.argv[1]), x)\n"
         "print(hashlib.sha256(m.SerializeToString()).hexdigest())\n"

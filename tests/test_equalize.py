@@ -5,14 +5,14 @@ import pytest
 import torch
 from torch import nn
 
-from zerop_deploy._report import layer_sqnr
 from zerop_deploy.config import QuantConfig
 from zerop_deploy.demo import onnx_bytes
-from zerop_deploy.load import convert_model
+from zerop_deploy.load.to_torch import convert_model
+from zerop_deploy.quant.distill import FeatureTaps
 from zerop_deploy.quant.equalize import channel_ranges, equalization_pairs, equalize
 from zerop_deploy.quant.modules import float_mode
-from zerop_deploy.quant.qat import _FeatureTaps
 from zerop_deploy.quant.student import build_student
+from zerop_deploy.validate.report import layer_sqnr
 
 
 class _Block(nn.Module):
@@ -95,13 +95,13 @@ def test_feature_targets_and_layer_sqnr_follow_the_channel_divisor():
         student.bias.copy_(teacher.bias / s)
     t_root, s_root = nn.Sequential(teacher), nn.Sequential(student)
     x = torch.randn(4, 2, 5, 5)
-    plain = _FeatureTaps(t_root, s_root, [("0", "0")])
+    plain = FeatureTaps(t_root, s_root, [("0", "0")])
     t_root(x), s_root(x)
     assert plain.loss().item() > 0.1  # without the divisor the scaled layer looks wrong
     plain.remove()
     assert layer_sqnr(t_root, s_root, [("0", "0")], x)[0] < 10
     student.register_buffer("channel_divisor", s)
-    taps = _FeatureTaps(t_root, s_root, [("0", "0")])
+    taps = FeatureTaps(t_root, s_root, [("0", "0")])
     t_root(x), s_root(x)
     assert taps.loss().item() < 1e-10
     taps.remove()

@@ -17,18 +17,15 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from zerop_deploy.errors import ExportError
-from zerop_deploy.export import (
-    METADATA_KEY,
-    export_qdq,
-    integer_bias,
-    save_qdq,
-    stored_weight_scale,
-)
-from zerop_deploy.load import convert_model, random_inputs, read_model, run_onnxruntime, run_torch
+from zerop_deploy.export.integers import integer_bias, stored_weight_scale
+from zerop_deploy.export.qdq import METADATA_KEY, export_qdq, save_qdq
+from zerop_deploy.load.parity import random_inputs, run_onnxruntime, run_torch
+from zerop_deploy.load.read import read_model
+from zerop_deploy.load.summary import quantizable_layers
+from zerop_deploy.load.to_torch import convert_model
 from zerop_deploy.onnx_facts import constant_tensors
 from zerop_deploy.quant import primitives as P
 from zerop_deploy.quant.qparams import ActQuant, LayerQuant
-from zerop_deploy.summary import quantizable_layers
 
 # --------------------------------------------------------------------------------------------------
 # building LayerQuant lists by hand

@@ -13,8 +13,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from tests.test_export import assert_matches_simulation, make_layers
-from zerop_deploy.export import export_qdq
-from zerop_deploy.load import random_inputs
+from zerop_deploy.export.qdq import export_qdq
+from zerop_deploy.load.parity import random_inputs
 
 
 def clip_relu_model() -> onnx.ModelProto:

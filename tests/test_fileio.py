@@ -5,7 +5,7 @@ import stat
 import pytest
 
 from zerop_deploy.errors import InputError
-from zerop_deploy.fileio import atomic_write_bytes, check_output_path
+from zerop_deploy.io import atomic_write_bytes, check_output_path
 
 
 def test_atomic_write_leaves_no_temp_file_and_uses_the_umask(tmp_path):
@@ -40,7 +40,7 @@ def test_disk_full_while_writing_leaves_nothing_behind(tmp_path, monkeypatch):
 
 
 def test_several_outputs_are_written_all_or_nothing(tmp_path, monkeypatch):
-    from zerop_deploy.fileio import atomic_write_all
+    from zerop_deploy.io import atomic_write_all
 
     old = tmp_path / "a.onnx"
     old.write_bytes(b"previous run")
@@ -52,7 +52,7 @@ def test_several_outputs_are_written_all_or_nothing(tmp_path, monkeypatch):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         real_fsync(fd)
 
-    monkeypatch.setattr("zerop_deploy.fileio.os.fsync", fail_second)
+    monkeypatch.setattr("zerop_deploy.io.os.fsync", fail_second)
     with pytest.raises(InputError, match="b.json: cannot be written"):
         atomic_write_all([(old, b"new model"), (tmp_path / "b.json", b"{}")])
     assert old.read_bytes() == b"previous run"  # the first file was not renamed into place
@@ -60,7 +60,7 @@ def test_several_outputs_are_written_all_or_nothing(tmp_path, monkeypatch):
 
 
 def test_output_lock_is_held_for_the_block_and_removed_after(tmp_path):
-    from zerop_deploy.fileio import output_lock
+    from zerop_deploy.io import output_lock
 
     out = tmp_path / "m.int4.onnx"
     with output_lock(out) as lock:
@@ -83,7 +83,7 @@ def test_output_lock_is_held_for_the_block_and_removed_after(tmp_path):
 
 
 def test_a_lock_file_left_by_a_killed_run_does_not_block(tmp_path):
-    from zerop_deploy.fileio import output_lock
+    from zerop_deploy.io import output_lock
 
     (tmp_path / "m.onnx.lock").write_text("999999\n")  # kill -9: the file stays, the flock not
     with output_lock(tmp_path / "m.onnx") as lock:
@@ -92,7 +92,7 @@ def test_a_lock_file_left_by_a_killed_run_does_not_block(tmp_path):
 
 
 def test_only_rank_0_of_a_torchrun_locks(tmp_path, monkeypatch):
-    from zerop_deploy.fileio import output_lock
+    from zerop_deploy.io import output_lock
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")

@@ -34,7 +34,7 @@ def test_build_is_present_when_a_compiler_is():
 
 
 def test_unavailable_kernels_raise_one_clear_error(monkeypatch):
-    monkeypatch.setattr(kernels, "_native", None)
+    monkeypatch.setattr(kernels.native, "_native", None)
     assert not kernels.available()
     with pytest.raises(UnsupportedModelError, match="C\\+\\+17 compiler"):
         kernels.matmul_int4(
@@ -94,7 +94,7 @@ def test_default_call_takes_the_native_fast_path_and_matches_reference(m, k, n, 
     rng = np.random.default_rng(m * 1000 + k + n + 1)
     x, w, scales, b = _case(rng, m, k, n, group_size, bias=(n % 2 == 1))
     packed = pack_int4(w)
-    assert kernels._native.matmul_f32_fast(x, packed, scales, b, group_size, 0) is not None
+    assert kernels.native._native.matmul_f32_fast(x, packed, scales, b, group_size, 0) is not None
     y = kernels.matmul_int4(x, packed, scales, bias=b, group_size=group_size)
     assert y.dtype == np.float32 and y.shape == (m, n) and y.flags.c_contiguous
     np.testing.assert_array_equal(
@@ -108,7 +108,7 @@ def test_fast_path_declines_what_the_python_checks_must_handle(monkeypatch):
     rng = np.random.default_rng(5)
     x, w, scales, b = _case(rng, 2, 130, 9, 64)
     packed = pack_int4(w)
-    fast = kernels._native.matmul_f32_fast
+    fast = kernels.native._native.matmul_f32_fast
     want = kernels.matmul_int4(x, packed, scales, bias=b, group_size=64)
     declined = [
         (x.astype(np.float64), packed, scales, b, 64, 0),

@@ -9,7 +9,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from tests.helpers import one_node_model, shared_path, with_external_data
 from zerop_deploy.errors import InputError, UnsupportedModelError
-from zerop_deploy.load import load_model, read_model
+from zerop_deploy.load.read import read_model
+from zerop_deploy.load.to_torch import load_model
 
 
 def _save(model, path):

@@ -11,7 +11,7 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
-from zerop_deploy.cli import main
+from zerop_deploy.cli.main import main
 from zerop_deploy.config import QuantConfig
 
 
@@ -39,8 +39,8 @@ def models(tmp_path_factory):
 
 
 def test_preflight_loads_the_calibrated_export_and_reports_it(models):
-    from zerop_deploy._preflight import preflight, preflight_images
-    from zerop_deploy.load import load_model
+    from zerop_deploy.api.preflight import preflight, preflight_images
+    from zerop_deploy.load.to_torch import load_model
 
     loaded = load_model(models / "relu6.onnx")
     quant = QuantConfig(wbits=4, abits=4, first_last_bits=4)
@@ -51,12 +51,12 @@ def test_preflight_loads_the_calibrated_export_and_reports_it(models):
 
 def test_export_problem_is_refused_before_fine_tuning(models, monkeypatch):
     """Asymmetric 4-bit activations after a Clip: onnxruntime cannot load that; exit 2 at once."""
-    import zerop_deploy.quant.qat as qat
+    import zerop_deploy.api.finetune as finetune
 
     def no_training(*_a, **_k):
         raise AssertionError("fine-tuning started although the export cannot work")
 
-    monkeypatch.setattr(qat, "train", no_training)
+    monkeypatch.setattr(finetune, "run_training", no_training)
     out = models / "h.int4.onnx"
     res = CliRunner().invoke(main, [
         "quantize", str(models / "hardtanh.onnx"), "--bits", "4", "--first-last-bits", "4",

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 
 from tests.helpers import shared_path
+from zerop_deploy.data.preprocess import Preprocess
 from zerop_deploy.errors import ConfigError
-from zerop_deploy.preprocess import Preprocess
 
 
 def _ramp(h: int, w: int) -> np.ndarray:
@@ -92,7 +92,7 @@ def test_senseless_values_are_config_errors(kwargs, match):
 def test_cli_refuses_a_crop_bigger_than_the_resize_with_one_line(tmp_path, cnn_bn):
     import onnx
 
-    from zerop_deploy.cli import main
+    from zerop_deploy.cli.main import main
 
     onnx.save(cnn_bn, str(tmp_path / "m.onnx"))
     res = CliRunner().invoke(main, ["quantize", str(tmp_path / "m.onnx"), "--resize", "200",
@@ -108,7 +108,8 @@ def test_lite0_fp32_top1_on_imagenet_eval_is_the_standard_figure():
     """87.5 % with resize 256 + center crop 224 (the old whole-image fit gave 85.1 %)."""
     import onnxruntime as ort
 
-    from zerop_deploy.data import iter_batches, normalize, open_source
+    from zerop_deploy.data.preprocess import normalize
+    from zerop_deploy.data.sources import iter_batches, open_source
 
     model = shared_path("models", "efficientnet_lite0_imagenet.onnx")
     folder = shared_path("data", "imagenet_eval")

@@ -4,9 +4,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from zerop_deploy._proxy import Sources, StreamedImages, proxy_data
 from zerop_deploy.config import DataConfig
-from zerop_deploy.data import open_source
+from zerop_deploy.data.sources import open_source
+from zerop_deploy.proxy.select import Sources, StreamedImages, proxy_data
 
 
 def _folder(tmp_path, n=30):
@@ -51,16 +51,15 @@ def test_quantize_trains_on_streamed_images(tmp_path, cnn_bn):
     import onnx
 
     from zerop_deploy.api import quantize
-    from zerop_deploy.config import TrainConfig
+    from zerop_deploy.config import RunConfig, TrainConfig
 
     onnx.save(cnn_bn, str(tmp_path / "m.onnx"))
     d = _folder(tmp_path, n=40)
     doc = quantize(
         tmp_path / "m.onnx",
-        output=tmp_path / "q.onnx",
         train=TrainConfig(steps=3, batch_size=8, calib_images=16),
         data=DataConfig(proxy=str(d), max_pool_bytes=1000),
-        progress=False,
+        run=RunConfig(output=tmp_path / "q.onnx", progress=False),
     )
     assert doc["proxy"]["streamed"] is True and doc["training"]["steps"] == 3
     assert doc["validation"]["images"] == 4 and (tmp_path / "q.onnx").is_file()
@@ -70,7 +69,7 @@ def test_auto_shows_a_bar_over_the_candidates_on_a_terminal(tmp_path, cnn_bn, mo
     import io
     import sys
 
-    from zerop_deploy.load import convert_model
+    from zerop_deploy.load.to_torch import convert_model
 
     class Terminal(io.StringIO):
         def isatty(self):
@@ -92,7 +91,7 @@ def test_a_model_that_computes_nan_on_the_proxy_images_is_refused_before_trainin
 
     from tests.helpers import log_of_one_minus_input_model
     from zerop_deploy.errors import InputError
-    from zerop_deploy.load import convert_model
+    from zerop_deploy.load.to_torch import convert_model
 
     proto = log_of_one_minus_input_model()  # -inf on a 255 pixel
     teacher = convert_model(proto)

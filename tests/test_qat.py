@@ -6,13 +6,14 @@ import signal
 import pytest
 import torch
 
-from zerop_deploy._finetune import feature_pairs
-from zerop_deploy.batches import batch_fn
 from zerop_deploy.config import QuantConfig, TrainConfig
+from zerop_deploy.data.batches import batch_fn
 from zerop_deploy.errors import InputError
-from zerop_deploy.load import convert_model
+from zerop_deploy.load.to_torch import convert_model
 from zerop_deploy.quant.calibrate import calibrate_activations, init_weight_scales
-from zerop_deploy.quant.qat import _lr_factor, kd_loss, load_checkpoint, save_checkpoint, train
+from zerop_deploy.quant.checkpoint import load_checkpoint, save_checkpoint
+from zerop_deploy.quant.distill import feature_pairs, kd_loss
+from zerop_deploy.quant.loop import _lr_factor, train
 from zerop_deploy.quant.student import build_student
 
 

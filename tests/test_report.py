@@ -3,7 +3,7 @@ import copy
 import torch
 from torch import nn
 
-from zerop_deploy._report import layer_sqnr
+from zerop_deploy.validate.report import layer_sqnr
 
 
 def test_layer_sqnr_measures_each_pair_end_to_end():

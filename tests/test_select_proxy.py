@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from zerop_deploy.cli import main
+from zerop_deploy.cli.main import main
 
 
 def run(*args):

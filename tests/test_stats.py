@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from zerop_deploy.demo import onnx_bytes
-from zerop_deploy.load import convert_model
-from zerop_deploy.stats import (
+from zerop_deploy.load.to_torch import convert_model
+from zerop_deploy.proxy.stats import (
     bn_modules,
     bns_distance,
     observe_bns,
@@ -74,7 +74,7 @@ def test_the_training_images_themselves_are_at_distance_zero(trained):
 
 
 def test_ranking_puts_fresh_domain_images_before_noise_and_gray(trained, tmp_path):
-    from zerop_deploy.data import open_source
+    from zerop_deploy.data.sources import open_source
 
     proto, teacher, _ = trained
     sets = {
@@ -99,7 +99,7 @@ def test_ranking_puts_fresh_domain_images_before_noise_and_gray(trained, tmp_pat
 
 
 def test_plain_sum_is_dominated_by_wide_layers_normalised_is_not():
-    from zerop_deploy.stats import ObservedBn, StoredBn
+    from zerop_deploy.proxy.stats import ObservedBn, StoredBn
 
     narrow = StoredBn("a", np.zeros(4), np.ones(4))
     wide = StoredBn("b", np.zeros(400), 100 * np.ones(400))  # big activations, many channels
@@ -120,7 +120,7 @@ def test_plain_sum_is_dominated_by_wide_layers_normalised_is_not():
 
 
 def test_dead_channels_cannot_blow_the_distance_up():
-    from zerop_deploy.stats import ObservedBn, StoredBn
+    from zerop_deploy.proxy.stats import ObservedBn, StoredBn
 
     stored = [StoredBn("a", np.zeros(3), np.array([1.0, 1.0, 1e-6]))]
     # a dead channel (stored std ~0) that a candidate wakes up slightly: without the floor at

@@ -8,7 +8,7 @@ import torch
 from tests.helpers import log_of_one_minus_input_model
 from zerop_deploy.config import LayerOverride, QuantConfig
 from zerop_deploy.errors import ConfigError, InputError
-from zerop_deploy.load import convert_model
+from zerop_deploy.load.to_torch import convert_model
 from zerop_deploy.quant.calibrate import (
     calibrate_activations,
     init_weight_scales,
@@ -215,8 +215,8 @@ def _convtranspose_matmul_model():
 
 
 def test_convtranspose_and_matmul_are_quantized_and_exported_exactly():
-    from zerop_deploy.export import export_qdq
-    from zerop_deploy.load import run_onnxruntime
+    from zerop_deploy.export.qdq import export_qdq
+    from zerop_deploy.load.parity import run_onnxruntime
 
     proto = _convtranspose_matmul_model()
     teacher, student, plan = _student(proto, wbits=8, abits=8)

@@ -5,7 +5,8 @@ import onnx
 import pytest
 
 from tests.helpers import one_node_model, shared_path
-from zerop_deploy.summary import format_summary, inspect_model, quantizable_layers, summarize
+from zerop_deploy.cli.format import format_summary
+from zerop_deploy.load.summary import inspect_model, quantizable_layers, summarize
 
 DESIGN_KEYS = {
     "path",
@@ -96,8 +97,9 @@ def test_shared_models(name, bn, folded):
 def test_float_nodes_name_attention_products_and_computed_weights():
     from onnx import TensorProto, helper, numpy_helper
 
+    from zerop_deploy.cli.format import format_summary
+    from zerop_deploy.load.summary import summarize
     from zerop_deploy.quant.graph import float_nodes
-    from zerop_deploy.summary import format_summary, summarize
 
     w = numpy_helper.from_array(np.ones((4, 4), np.float32), "w")
     nodes = [

@@ -7,12 +7,12 @@ import torch
 from click.testing import CliRunner
 
 from tests.test_stats import _domain, _trained_bn_model
-from zerop_deploy.cli import main
+from zerop_deploy.cli.main import main
 from zerop_deploy.config import SynthConfig
 from zerop_deploy.errors import ConfigError
-from zerop_deploy.load import convert_model
-from zerop_deploy.stats import bns_distance, observe_bns, stored_bns
-from zerop_deploy.synth import SynthCache, synthesize, synthesize_batch, target_labels
+from zerop_deploy.load.to_torch import convert_model
+from zerop_deploy.proxy.stats import bns_distance, observe_bns, stored_bns
+from zerop_deploy.synth.synthesize import SynthCache, synthesize, synthesize_batch, target_labels
 
 
 @pytest.fixture(scope="module")

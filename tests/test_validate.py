@@ -9,18 +9,17 @@ from onnx import numpy_helper
 
 from tests.helpers import shared_path
 from tests.test_export import make_layers
+from zerop_deploy.cli.format import format_validation
 from zerop_deploy.errors import ConfigError, InputError, QualityGateError, ValidationError
-from zerop_deploy.export import export_qdq, save_qdq
-from zerop_deploy.load import random_inputs
-from zerop_deploy.validate import (
-    AgreementGateError,
+from zerop_deploy.export.qdq import export_qdq, save_qdq
+from zerop_deploy.load.parity import random_inputs
+from zerop_deploy.validate.compare import (
     accuracy,
     agreement_with_student,
     compare_models,
-    format_validation,
     run_logits,
-    validate,
 )
+from zerop_deploy.validate.compare import validate_files as validate
 
 
 def _images(n=40, seed=1):
@@ -107,9 +106,9 @@ def test_quality_gate_raises_after_computing_the_document(tmp_path, cnn_bn):
     cls = int(np.bincount(predicted, minlength=4).argmin())  # the rarest prediction
     onnx.save(_biased(cnn_bn, cls), str(bad))
     expected = np.mean(predicted == cls)
-    with pytest.raises(QualityGateError, match=r"below --min-agreement 0\.9900") as info:
+    with pytest.raises(QualityGateError, match=r"under --min-agreement 0\.99") as info:
         validate(bad, ref, images=images, min_agreement=0.99)
-    assert info.value.exit_code == 1 and isinstance(info.value, AgreementGateError)
+    assert info.value.exit_code == 1 and isinstance(info.value, QualityGateError)
     assert info.value.doc["fp32_vs_quant_top1_agreement"] == pytest.approx(expected)
     assert info.value.doc["passed"] is False
     assert "FAILED" in format_validation(info.value.doc)
@@ -169,7 +168,7 @@ def test_resnet20_max_abs_w8a8_keeps_accuracy(tmp_path):
     proxy_path = shared_path("data", "natural_patches_5k.npz")
     if not all(p.exists() for p in (model_path, test_path, proxy_path)):
         pytest.skip("../shared models/data are not present")
-    from zerop_deploy.load import read_model
+    from zerop_deploy.load.read import read_model
 
     def nchw(x):
         return (x.astype(np.float32) / 255.0).transpose(0, 3, 1, 2).copy()

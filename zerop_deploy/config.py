@@ -11,8 +11,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from zerop_deploy.data.preprocess import Preprocess
 from zerop_deploy.errors import ConfigError
-from zerop_deploy.preprocess import Preprocess
 
 _BITS = (4, 8)
 
@@ -20,6 +20,15 @@ _BITS = (4, 8)
 def _check_bits(name: str, value: int) -> None:
     if value not in _BITS:
         raise ConfigError(f"{name}={value}: supported bit widths are 4 and 8")
+
+
+TARGETS = ("qdq", "ort-cpu")
+"""Deployment targets, in the order ``--target`` lists them."""
+
+DEFAULT_TARGET = "ort-cpu"
+"""The target of ``quantize`` when none is given (see README, "Deployment targets"): measured
+1.4-1.9x fp32's speed in onnxruntime at batch 1 and 0.95-2.1x at batch 64, against 0.24-0.39x
+for the exact 4-bit file."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -189,7 +198,7 @@ class DataConfig:
         proxy: Proxy image sources (folders, .npz, .npy; their images are pooled), or one of the
             words ``"builtin"`` (public photos that ship with scikit-image and scikit-learn, cut
             into random crops: the default), ``"auto"`` (the candidate of ``candidates`` with the
-            smallest BNS distance, see :mod:`zerop_deploy.stats`) or ``"none"`` (no proxy data).
+            smallest BNS distance, see :mod:`zerop_deploy.proxy.stats`) or ``"none"`` (no proxy data).
             A single string is accepted for one source.
         candidates: Candidate sources ranked by ``proxy="auto"``.
         samples: Images per candidate used to rank candidates.
@@ -199,18 +208,15 @@ class DataConfig:
         max_pool_bytes: Proxy images (uint8 at the model's input size) up to this many bytes
             are read once and held; bigger sets are streamed from their sources at every step,
             so memory stays flat (the report says ``"streamed": true``).
-        synthetic: Number of synthetic images (BNS-matched, :mod:`zerop_deploy.synth`) made and
+        synthetic: Number of synthetic images (BNS-matched, :mod:`zerop_deploy.synth.synthesize`) made and
             mixed into fine-tuning, 0 for none; or the path of a set ``zerop-deploy synth``
             made before (reused as it is).
         sd_ratio: Fraction of every fine-tuning batch drawn from the synthetic images (ZeroP
             uses 0.5); 1 when there is no proxy data.
         eval: Labelled images for the accuracy of fp32 and quantized models, or None.
-        mean: Per-channel mean (0..1 units) to subtract, for graphs that do not normalise their
-            input.
-        std: Per-channel std to divide by.
         holdout: Fraction of the proxy images kept out of training for validation (at most 1,000).
-        preprocess: How images of other sizes are fitted to the model input (resize, center
-            crop, interpolation), for every image input.
+        preprocess: How images become model inputs (resize, center crop, interpolation,
+            ``--mean``/``--std``), for every image input.
     """
 
     proxy: tuple[str, ...] = ("builtin",)
@@ -222,8 +228,6 @@ class DataConfig:
     synthetic: int | str = 0
     sd_ratio: float = 0.5
     eval: str | None = None
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
     holdout: float = 0.1
     preprocess: Preprocess = field(default_factory=Preprocess)
 
@@ -262,10 +266,6 @@ class DataConfig:
             raise ConfigError(f"max pool bytes {self.max_pool_bytes}: must be positive")
         if not 0 <= self.holdout < 1:
             raise ConfigError(f"holdout {self.holdout}: must be in [0, 1)")
-        if self.std is not None and any(s <= 0 for s in self.std):
-            raise ConfigError(f"--std {self.std}: every value must be positive")
-        if self.mean is not None and self.std is not None and len(self.mean) != len(self.std):
-            raise ConfigError(f"--mean {self.mean} and --std {self.std}: need as many values")
 
     def input_paths(self) -> list[Path]:
         """The user's files and folders this configuration reads (no output may land on them)."""
@@ -318,3 +318,40 @@ class SynthConfig:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
         return asdict(self)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    """Where a quantize run writes, and how it behaves around the work itself.
+
+    Attributes:
+        output: The model to write; None for ``MODEL.int4.onnx`` and its siblings
+            (:func:`zerop_deploy.api.default_output`).
+        report: The report to write; None for ``OUTPUT.report.json`` beside the output.
+        plot_layers: Also write a bar chart of every layer's output SQNR against fp32 here.
+        resume: Continue from the checkpoint a killed run left next to the output.
+        min_agreement: The quality gate: fail with exit 1 when the fp32-vs-quantized top-1
+            agreement is below this fraction (the outputs are still written).
+        progress: Progress bars and lines on stderr (only on a terminal).
+        target: Deployment target of the written file (:data:`TARGETS`), or None for
+            :data:`DEFAULT_TARGET`, falling back to ``qdq`` for a model the preflight cannot
+            write for it.
+    """
+
+    output: str | Path | None = None
+    report: str | Path | None = None
+    plot_layers: str | Path | None = None
+    resume: bool = False
+    min_agreement: float | None = None
+    progress: bool = True
+    target: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.min_agreement is not None and not 0 <= self.min_agreement <= 1:
+            raise ConfigError(f"--min-agreement {self.min_agreement}: must be a fraction in [0, 1]")
+        if self.target is not None and self.target not in TARGETS:
+            raise ConfigError(f"--target {self.target!r}: choose one of {', '.join(TARGETS)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}

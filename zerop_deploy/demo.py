@@ -15,7 +15,11 @@ import os
 import warnings
 from pathlib import Path
 
-from zerop_deploy.fileio import atomic_write_bytes
+from zerop_deploy.api import default_report, quantize
+from zerop_deploy.config import DataConfig, QuantConfig, RunConfig, TrainConfig
+from zerop_deploy.data.batches import augment
+from zerop_deploy.data.sources import fit_images
+from zerop_deploy.io import atomic_write_bytes
 
 DEMO_INPUT_SHAPE = (1, 1, 16, 16)
 DEMO_TEST_IMAGES = 400
@@ -124,7 +128,6 @@ def digits(size: int = 16, seed: int = 0):
     import numpy as np
     from sklearn.datasets import load_digits
 
-    from zerop_deploy.data import fit_images
 
     d = load_digits()
     raw = np.round(d.images * (255 / 16)).astype(np.uint8)[..., None]
@@ -140,7 +143,6 @@ def train_demo_network(x, y, *, epochs: int = 12, seed: int = 0):
     import torch
     import torch.nn.functional as F
 
-    from zerop_deploy.batches import augment
 
     net = build_demo_network(seed, in_channels=x.shape[-1])
     for m in net.modules():  # fresh statistics: these are learnt from the digits
@@ -182,8 +184,6 @@ def run_demo(
 
     import numpy as np
 
-    from zerop_deploy.api import default_report, quantize
-    from zerop_deploy.config import DataConfig, QuantConfig, TrainConfig
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -199,7 +199,7 @@ def run_demo(
         quant=QuantConfig(wbits=4, abits=4),
         train=TrainConfig(steps=steps, device="cpu"),
         data=DataConfig(proxy="builtin", eval=str(test)),
-        progress=progress,
+        run=RunConfig(progress=progress),
     )
     return {
         "files": {

@@ -6,6 +6,8 @@ Pure functions of a ``GraphProto``/``ModelProto``; nothing here imports the rest
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import onnx
 
 QUANTIZABLE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -21,6 +23,20 @@ def constant_tensors(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
                 if attr.name == "value" and attr.HasField("t"):
                     consts[node.output[0]] = attr.t
     return consts
+
+
+def all_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    """Every TensorProto of a graph: initializers and node attributes, subgraphs included."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from all_tensors(attr.g)
+            for g in attr.graphs:
+                yield from all_tensors(g)
 
 
 def quantizable_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:

@@ -7,7 +7,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from zerop_deploy.bench import (
+from zerop_deploy.bench.tables import (
     interleaved_median,  # noqa: F401  (the benchmarks' fair timer)
     nbits_packed,
 )

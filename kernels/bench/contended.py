@@ -122,11 +122,11 @@ def on_build(mod: object, fn):  # type: ignore[no-untyped-def]
     """Wrap fn so that zerop_deploy.kernels calls the given native module while it runs."""
 
     def run() -> object:
-        saved, kernels._native = kernels._native, mod
+        saved, kernels.native._native = kernels.native._native, mod
         try:
             return fn()
         finally:
-            kernels._native = saved
+            kernels.native._native = saved
 
     return run
 

@@ -13,6 +13,7 @@ import onnx
 import pytest
 
 from tests.helpers import small_cnn
+from tests.readme_schema import mismatches, readme_schema
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +79,7 @@ def test_quantize_exports_a_checked_qdq_model_that_agrees(workdir, bits):
     assert sum(n.op_type == "DequantizeLinear" for n in model.graph.node) >= 6
     assert doc["validation"]["ort_vs_student_top1_agreement"] >= 0.99
     assert doc["training"]["steps"] == 15 and set(doc["accuracy"]) == {"fp32", "quantized"}
+    assert mismatches(doc, readme_schema()) == []  # README's report schema is this report's
     report = out.with_name(out.name.replace(".onnx", ".report.json"))
     assert json.loads(report.read_text())["output"] == str(out)
     assert _sha(workdir / "m.onnx") == before  # the input is never modified

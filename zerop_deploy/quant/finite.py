@@ -17,6 +17,7 @@ import onnx
 import torch
 
 from zerop_deploy.errors import InputError
+from zerop_deploy.quant.graph import module_node_names
 
 NodeNames = Mapping[str, tuple[str, str]]
 """fx submodule name -> ``(ONNX node name, op type)``."""
@@ -29,7 +30,6 @@ _FIX = (
 
 def onnx_nodes(proto: onnx.ModelProto) -> dict[str, tuple[str, str]]:
     """Map the converted module's submodule names to ``(ONNX node name, op type)``."""
-    from zerop_deploy.quant.graph import module_node_names
 
     ops = {n.name: n.op_type for n in proto.graph.node}
     return {m: (node, ops.get(node, "?")) for m, node in module_node_names(proto).items()}

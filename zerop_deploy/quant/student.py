@@ -1,6 +1,6 @@
 """Build the fake-quantized student from the fp32 teacher: fold BatchNorm, swap in quantized layers.
 
-The teacher (from :func:`zerop_deploy.load.convert_model`) is left untouched, BatchNorm statistics
+The teacher (from :func:`zerop_deploy.load.to_torch.convert_model`) is left untouched, BatchNorm statistics
 included, for the proxy-data and synthesis stages. The student is a deep copy in which
 
 * every BatchNormalization that alone follows a Conv is folded into that Conv and becomes Identity;
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -195,6 +196,65 @@ def check_layer_names(
         raise ConfigError(f"--layer-config: {why}; {hint}")
 
 
+@dataclass(frozen=True)
+class _Site:
+    """Where a quantized layer goes: the student, the module's name, its node, its settings."""
+
+    student: nn.Module
+    mname: str
+    node: onnx.NodeProto
+    module: nn.Module
+    wbits: int
+    act: ActQuantizer
+    bn: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float] | None
+
+
+_Handler = Callable[[_Site], "tuple[nn.Module | None, str] | None"]
+_HANDLERS: dict[str, _Handler] = {}
+"""ONNX op -> the handler that builds its quantized layer (None: this module type is not one)."""
+
+
+def _handles(op: str) -> Callable[[_Handler], _Handler]:
+    def register(handler: _Handler) -> _Handler:
+        _HANDLERS[op] = handler
+        return handler
+
+    return register
+
+
+@_handles("Conv")
+def _conv(site: _Site) -> tuple[nn.Module | None, str] | None:
+    if not isinstance(site.module, nn.modules.conv._ConvNd):
+        return None
+    w, b = fold_bn_into_conv(site.module, site.bn) if site.bn is not None else (None, None)
+    layer = QuantConv(site.module, site.wbits, site.act, weight=w, bias=b)
+    return _wrap_padded(site.student, site.mname, layer), ""
+
+
+@_handles("ConvTranspose")
+def _conv_transpose(site: _Site) -> tuple[nn.Module | None, str] | None:
+    if not isinstance(site.module, nn.modules.conv._ConvTransposeNd):
+        return None
+    return QuantConvTranspose(site.module, site.wbits, site.act), ""
+
+
+@_handles("Gemm")
+def _gemm(site: _Site) -> tuple[nn.Module | None, str] | None:
+    if gemm_scales(site.node):
+        return None, "Gemm with alpha/beta != 1 is kept in float"
+    if isinstance(site.module, nn.Linear):
+        return QuantLinear(site.module, site.wbits, site.act), ""
+    return None, "Gemm with a transposed or non-constant input is kept in float"
+
+
+@_handles("MatMul")
+def _matmul(site: _Site) -> tuple[nn.Module | None, str] | None:
+    weight = _matmul_weight(site.student, site.mname)
+    if weight is not None and weight.dim() == 2:
+        return QuantMatMul(weight, site.wbits, site.act), ""
+    return None, "MatMul weight is not a 2-D constant; kept in float"
+
+
 def _quant_layer(
     student: nn.Module,
     mname: str,
@@ -203,27 +263,13 @@ def _quant_layer(
     act: ActQuantizer,
     bn: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float] | None,
 ) -> tuple[nn.Module | None, str]:
-    """The quantized replacement of one module, or ``(None, reason)``."""
+    """The quantized replacement of one module (its op's handler), or ``(None, reason)``."""
     module = _inner(student.get_submodule(mname))
-    if node.op_type == "Conv" and isinstance(module, nn.modules.conv._ConvNd):
-        if bn is not None:
-            w, b = fold_bn_into_conv(module, bn)
-            return _wrap_padded(student, mname, QuantConv(module, wbits, act, weight=w, bias=b)), ""
-        return _wrap_padded(student, mname, QuantConv(module, wbits, act)), ""
-    if node.op_type == "ConvTranspose" and isinstance(module, nn.modules.conv._ConvTransposeNd):
-        return QuantConvTranspose(module, wbits, act), ""
-    if node.op_type == "Gemm":
-        if gemm_scales(node):
-            return None, "Gemm with alpha/beta != 1 is kept in float"
-        if isinstance(module, nn.Linear):
-            return QuantLinear(module, wbits, act), ""
-        return None, "Gemm with a transposed or non-constant input is kept in float"
-    if node.op_type == "MatMul":
-        weight = _matmul_weight(student, mname)
-        if weight is not None and weight.dim() == 2:
-            return QuantMatMul(weight, wbits, act), ""
-        return None, "MatMul weight is not a 2-D constant; kept in float"
-    return None, f"{node.op_type} converted to {type(module).__name__}; kept in float"
+    handler = _HANDLERS.get(node.op_type)
+    built = None if handler is None else handler(_Site(student, mname, node, module, wbits, act, bn))
+    if built is None:
+        return None, f"{node.op_type} converted to {type(module).__name__}; kept in float"
+    return built
 
 
 def _wrap_padded(student: nn.Module, mname: str, layer: nn.Module) -> nn.Module:

@@ -1,0 +1,1 @@
+"""Data stage: image sources, the built-in pool, training batches and the one Preprocess."""

@@ -1,0 +1,1 @@
+"""Load stage: read and check an ONNX file, convert it to PyTorch, check parity, describe it."""

@@ -1,0 +1,14 @@
+"""ReduceMean-18 (axes as an optional input), emitted by torch's default ONNX exporter."""
+
+from __future__ import annotations
+
+import torch
+
+from zerop_deploy.load.convert._reduce18 import register_reduce18
+
+
+def _reduce_mean(x: torch.Tensor, dims: list[int], keep: bool) -> torch.Tensor:
+    return torch.mean(x, dim=dims, keepdim=keep)
+
+
+register_reduce18("ReduceMean", _reduce_mean, versions=(18,))

@@ -1,0 +1,1 @@
+"""Proxy-data stage: BN statistics, distances to the stored ones, ranking, quantize's selection."""

@@ -1,0 +1,1 @@
+"""Validation stage: onnxruntime runs of exported files, comparisons, the quantize report."""
