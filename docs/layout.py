@@ -1,4 +1,4 @@
-"""README's "Layout" section, generated from the package: one line per module, its docstring's first line.
+"""README's "Layout" section, generated from the package: each module's first docstring line.
 
     python docs/layout.py           # print the section
     python docs/layout.py --write   # replace it in README.md (between the layout markers)

@@ -13,7 +13,8 @@ def _imgs(n, h, w, seed=0):
 def test_batch_fn_uint8_matches_float():
     images = torch.from_numpy(_imgs(30, 8, 8)).permute(0, 3, 1, 2).contiguous()
     synth = torch.from_numpy(_imgs(10, 8, 8, seed=1)).permute(0, 3, 1, 2).contiguous()
-    kw = dict(seed=5, sd_ratio=0.25, preprocess=Preprocess(mean=(0.4, 0.5, 0.6), std=(0.2, 0.3, 0.25)))
+    pre = Preprocess(mean=(0.4, 0.5, 0.6), std=(0.2, 0.3, 0.25))
+    kw = dict(seed=5, sd_ratio=0.25, preprocess=pre)
     b8 = batch_fn(images, 8, synthetic=synth, **kw)
     bf = batch_fn(images.float() / 255, 8, synthetic=synth.float() / 255, **kw)
     for step in range(3):

@@ -215,7 +215,10 @@ def test_a_model_ort_cpu_cannot_take_falls_back_to_qdq_only_by_default(files, tm
     monkeypatch.setattr(preflight, "to_target", refuse)
     monkeypatch.setattr(quantize, "to_target", refuse)
     if asked:
-        monkeypatch.setattr(finetune, "run_training", lambda *_a, **_k: pytest.fail("fine-tuning started"))
+        def no_training(*_a, **_k):
+            pytest.fail("fine-tuning started")
+
+        monkeypatch.setattr(finetune, "run_training", no_training)
     out = tmp_path / "f.int4.onnx"
     res = CliRunner().invoke(main, [
         "quantize", str(files / "net.onnx"), "--bits", "4", "--steps", "1", "--quiet",

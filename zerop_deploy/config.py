@@ -198,8 +198,8 @@ class DataConfig:
         proxy: Proxy image sources (folders, .npz, .npy; their images are pooled), or one of the
             words ``"builtin"`` (public photos that ship with scikit-image and scikit-learn, cut
             into random crops: the default), ``"auto"`` (the candidate of ``candidates`` with the
-            smallest BNS distance, see :mod:`zerop_deploy.proxy.stats`) or ``"none"`` (no proxy data).
-            A single string is accepted for one source.
+            smallest BNS distance, see :mod:`zerop_deploy.proxy.stats`) or ``"none"`` (no proxy
+            data). A single string is accepted for one source.
         candidates: Candidate sources ranked by ``proxy="auto"``.
         samples: Images per candidate used to rank candidates.
         builtin_images: Size of the built-in pool.
@@ -208,9 +208,9 @@ class DataConfig:
         max_pool_bytes: Proxy images (uint8 at the model's input size) up to this many bytes
             are read once and held; bigger sets are streamed from their sources at every step,
             so memory stays flat (the report says ``"streamed": true``).
-        synthetic: Number of synthetic images (BNS-matched, :mod:`zerop_deploy.synth.synthesize`) made and
-            mixed into fine-tuning, 0 for none; or the path of a set ``zerop-deploy synth``
-            made before (reused as it is).
+        synthetic: Number of synthetic images (BNS-matched,
+            :mod:`zerop_deploy.synth.synthesize`) made and mixed into fine-tuning, 0 for none;
+            or the path of a set ``zerop-deploy synth`` made before (reused as it is).
         sd_ratio: Fraction of every fine-tuning batch drawn from the synthetic images (ZeroP
             uses 0.5); 1 when there is no proxy data.
         eval: Labelled images for the accuracy of fp32 and quantized models, or None.

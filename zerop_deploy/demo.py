@@ -128,7 +128,6 @@ def digits(size: int = 16, seed: int = 0):
     import numpy as np
     from sklearn.datasets import load_digits
 
-
     d = load_digits()
     raw = np.round(d.images * (255 / 16)).astype(np.uint8)[..., None]
     x = fit_images(raw, (1, size, size)).permute(0, 2, 3, 1).numpy()
@@ -142,7 +141,6 @@ def train_demo_network(x, y, *, epochs: int = 12, seed: int = 0):
     """Train :func:`build_demo_network` (1 input channel) on uint8 NHWC images; eval mode."""
     import torch
     import torch.nn.functional as F
-
 
     net = build_demo_network(seed, in_channels=x.shape[-1])
     for m in net.modules():  # fresh statistics: these are learnt from the digits
@@ -183,7 +181,6 @@ def run_demo(
     import io
 
     import numpy as np
-
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -43,8 +43,9 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device(name)
 
+
 def fingerprint(model: Path, quant: QuantConfig, train: TrainConfig, data: DataConfig) -> str:
-    """What a checkpoint must match to be resumed: the model's bytes and every setting that counts."""
+    """What a checkpoint must match to be resumed: the model's bytes and the settings."""
     h = hashlib.sha256(model.read_bytes())
     t = {k: v for k, v in train.to_dict().items() if k not in ("device", "checkpoint_every_s")}
     h.update(json.dumps([quant.to_dict(), t, data.to_dict()], sort_keys=True, default=str).encode())
@@ -55,5 +56,3 @@ def say(progress: bool, message: str) -> None:
     """One progress line on stderr when it is a terminal (stdout stays free for --json)."""
     if progress and sys.stderr.isatty():
         print(f"zerop-deploy: {message}", file=sys.stderr, flush=True)
-
-

@@ -34,7 +34,8 @@ def validate(
         min_agreement: Quality gate on the fp32-vs-quantized top-1 agreement, in [0, 1].
 
     Returns:
-        The ``zerop-deploy validate`` document (:func:`zerop_deploy.validate.compare.validate_files`).
+        The ``zerop-deploy validate`` document
+        (:func:`zerop_deploy.validate.compare.validate_files`).
 
     Raises:
         QualityGateError: The agreement is under ``min_agreement`` (the document is its ``doc``).

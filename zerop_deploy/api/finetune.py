@@ -34,7 +34,6 @@ def fine_tune(
     Returns:
         ``(student on the CPU in eval mode, layer plan, TrainResult)``.
     """
-
     # calibration runs on the CPU; synthesis may have left the teacher on the GPU (train moves both)
     # a model with no layer to quantize never gets here: quantize's preflight refuses it
     student, plan = build_student(teacher.cpu(), proto, quant)

@@ -60,7 +60,6 @@ def preflight(
         ExportError: The export fails (names the node and what to do).
         ValidationError: onnxruntime cannot load or run the exported file.
     """
-
     start = time.monotonic()
     student, plan = build_student(teacher.cpu(), proto, quant)
     if all(p.skipped for p in plan):
@@ -78,7 +77,6 @@ def preflight(
         raise ExportError(f"{source}: {what} cannot be exported: {e}") from e
     fallback, ort_logits = None, None
     if target != "qdq":
-
         exact = qproto
         try:
             qproto = to_target(exact, target, images.numpy())

@@ -59,8 +59,8 @@ def select_proxy(
     teacher = loaded.module.to(resolve_device(device)).eval()
     with bar(len(sources), "scoring candidates", enabled=progress) as shown:
         method, ranking = rank_candidates(
-            teacher, loaded.proto, sources, chw, samples=samples, seed=seed, preprocess=data.preprocess,
-            on_done=lambda _row: shown.update(1),
+            teacher, loaded.proto, sources, chw, samples=samples, seed=seed,
+            preprocess=data.preprocess, on_done=lambda _row: shown.update(1),
         )  # fmt: skip
     doc: dict[str, Any] = {
         "model": str(model),

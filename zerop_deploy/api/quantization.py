@@ -1,4 +1,4 @@
-"""``quantize``: the whole pipeline, from the fp32 file to the validated low-bit file and its report.
+"""``quantize``: the whole pipeline, from the fp32 file to the validated low-bit file and report.
 
 ``quantize(model, quant=QuantConfig(...), train=TrainConfig(...), data=DataConfig(...))`` reads the
 model, converts it, builds and calibrates the fake-quantized student, fine-tunes it by distillation,
@@ -135,7 +135,9 @@ def _quantize_locked(r: _Run) -> dict[str, Any]:
     qproto = exact
     if target != "qdq":
         r.say(f"writing it for target {target}")
-        qproto = to_target(exact, target, r.data.preprocess.to_input(calibration_images(proxy)).numpy())
+        qproto = to_target(
+            exact, target, r.data.preprocess.to_input(calibration_images(proxy)).numpy()
+        )
     r.say("validating the exported model in onnxruntime")
     doc = header(r.src, r.out, r.quant, r.train, r.data, proxy, plan, device, proto)
     doc["training"] = training_section(result, time.monotonic() - t_start)

@@ -341,7 +341,6 @@ def bench(
         ValidationError: If onnxruntime cannot run a model.
 
     """
-
     threads = int(threads or os.cpu_count() or 1)
     proto = read_model(model_path)
     files = {"fp32_ms": str(model_path)}

@@ -19,6 +19,7 @@ PROG = "zerop-deploy"
 
 
 def fail(message: str, code: int) -> None:
+    """Print ``message`` as one ``zerop-deploy: error:`` line on stderr and exit with ``code``."""
     click.echo(f"{PROG}: error: {' '.join(message.split())}", err=True)
     sys.exit(code)
 
@@ -54,10 +55,12 @@ def sigterm_interrupts() -> Iterator[None]:
 
 
 def print_json(doc: Any) -> None:
+    """Print ``doc`` as the one JSON document on stdout."""
     click.echo(json.dumps(doc, indent=2, sort_keys=False))
 
 
 def floats(value: str | None, option: str) -> tuple[float, ...] | None:
+    """Parse ``"0.5,0.4"`` into floats; ConfigError naming ``option`` when it is not numbers."""
     if value is None:
         return None
     try:
@@ -128,11 +131,13 @@ def make_preprocess(
     mean: str | None = None,
     std: str | None = None,
 ) -> Any:
-    """The :class:`zerop_deploy.data.preprocess.Preprocess` of the options (checked: ConfigError)."""
+    """The :class:`~zerop_deploy.data.preprocess.Preprocess` of the options (ConfigError if bad)."""
     return Preprocess(
         resize=resize, crop=crop, crop_ratio=crop_ratio, interpolation=interpolation,
         mean=floats(mean, "--mean"), std=floats(std, "--std"),
     )  # fmt: skip
+
+
 target_option = click.option(
     "--target",
     type=click.Choice(list(TARGETS)),

@@ -13,6 +13,7 @@ FIX = "pass a folder of images, a .npz with 'images' (uint8 N x H x W x C), a .n
 
 
 def open_npz(p: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(images, labels or None)`` of a ``.npz``, memory-mapped when stored uncompressed."""
     try:
         z = np.load(p, allow_pickle=False)
         if not isinstance(z, np.lib.npyio.NpzFile):
@@ -60,6 +61,7 @@ def npz_memmap(p: Path, member: str) -> np.memmap | None:
 
 
 def check_array(images: np.ndarray, p: Path) -> np.ndarray:
+    """``images`` if they are uint8 N x H x W (x C); else InputError naming ``p`` and the fix."""
     if images.dtype != np.uint8:
         raise InputError(
             f"{p}: images must be uint8 (0..255), got {images.dtype}; convert with "

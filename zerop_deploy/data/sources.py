@@ -6,10 +6,10 @@ mapped, folders are listed and decoded batch by batch. :func:`load_pool` reads a
 :func:`iter_batches` streams a source in order.
 
 Every image of a source is fitted to the model input (C, H, W) by the source's
-:class:`~zerop_deploy.data.preprocess.Preprocess` (resize the shorter side, center crop, channels; the
-ImageNet "256 -> 224" convention for ImageNet-size inputs). Fitted images stay uint8;
-:meth:`Preprocess.to_input` turns them into float32 in [0, 1] and applies ``mean``/``std`` (in [0, 1] units)
-for models whose graph does not normalise its own input.
+:class:`~zerop_deploy.data.preprocess.Preprocess` (resize the shorter side, center crop, channels;
+the ImageNet "256 -> 224" convention for ImageNet-size inputs). Fitted images stay uint8;
+:meth:`Preprocess.to_input` turns them into float32 in [0, 1] and applies ``mean``/``std`` (in [0,
+1] units) for models whose graph does not normalise its own input.
 """
 
 from __future__ import annotations
@@ -70,7 +70,6 @@ class ImageSource:
         if len(idx) and (idx.min() < 0 or idx.max() >= self.count):
             raise IndexError(f"{self.name}: indices must lie in [0, {self.count})")
         if self.kind == BUILTIN:
-
             return render(idx, chw, self._seed), idx
         if self.kind == "folder":
             return _read_files([self._files[i] for i in idx], idx, chw, self.preprocess)
@@ -107,8 +106,8 @@ def open_source(
     """Validate and open an image source without decoding its images.
 
     The string ``"builtin"`` always means the built-in pool of ``builtin_images`` random crops of
-    public photos (see ``zerop_deploy.data.builtin_pool``), even where a file of that name exists; pass
-    ``"./builtin"`` or a ``Path`` for such a file. ``.npy`` files are memory mapped; a ``.npz``
+    public photos (see ``zerop_deploy.data.builtin_pool``), even where a file of that name exists;
+    pass ``"./builtin"`` or a ``Path`` for such a file. ``.npy`` files are memory mapped; a ``.npz``
     whose ``images`` member is stored uncompressed (``np.savez``) is memory mapped too, while a
     compressed one (``np.savez_compressed``) is read whole.
 
@@ -226,7 +225,6 @@ def fit_images(
         UnsupportedModelError: The model input has neither 1 nor 3 channels.
     """
     return (preprocess or Preprocess()).fit(images, chw)
-
 
 
 def load_pool(

@@ -25,7 +25,8 @@ the first opset with per-axis DequantizeLinear; older models are upgraded to 13.
 Verified in onnxruntime 1.32 (CPU): QuantizeLinear/DequantizeLinear at opset 21 with uint4, int4,
 uint8 and int8 activations and per-axis int4/int8 weights (with or without zero point) reproduce
 :mod:`zerop_deploy.quant.primitives` bit for bit. One onnxruntime optimisation changes numerics:
-WeightBiasQuantization rounds a float bias to int32 (see :func:`zerop_deploy.export.integers.integer_bias`).
+WeightBiasQuantization rounds a float bias to int32 (see
+:func:`zerop_deploy.export.integers.integer_bias`).
 
 4-bit activation pairs with zero point 0 carry no zero-point input: QuantizeLinear names its type
 with ``output_dtype`` (opset 21) instead. onnxruntime's optimisers read a 4-bit zero-point input
@@ -91,11 +92,11 @@ def export_qdq(
         layers: One entry per quantized Conv/ConvTranspose/Gemm/MatMul node, named as in ``proto``.
         int32_bias: Store the bias of each layer with a quantized input as INT32 feeding
             DequantizeLinear with per-channel scale ``act.scale * weight_scale`` (the value of
-            :func:`~zerop_deploy.export.integers.integer_bias`, clipped to the int32 range like the student's) instead of
-            float32.
-            onnxruntime's WeightBiasQuantization transformer (on by default) does this rounding
-            itself for every layer whose output goes straight into a QuantizeLinear; with
-            ``int32_bias`` every runtime computes the same thing, whatever follows the layer.
+            :func:`~zerop_deploy.export.integers.integer_bias`, clipped to the int32 range like the
+            student's) instead of float32. onnxruntime's WeightBiasQuantization transformer (on by
+            default) does this rounding itself for every layer whose output goes straight into a
+            QuantizeLinear; with ``int32_bias`` every runtime computes the same thing, whatever
+            follows the layer.
 
     Returns:
         The QDQ model; it passes ``onnx.checker.check_model(..., full_check=True)``.

@@ -48,7 +48,9 @@ def _conv_shape(
     dh, dw = _pair(dilation, "dilation")
     pt, pl, pb, pr = _pads(padding)
     if min(kh, kw, sh, sw, dh, dw, groups) < 1 or min(pt, pl, pb, pr) < 0:
-        raise KernelArgumentError("kernel_size, stride, dilation and groups must be >= 1, padding >= 0")
+        raise KernelArgumentError(
+            "kernel_size, stride, dilation and groups must be >= 1, padding >= 0"
+        )
     if c_in % groups or c_out % groups:
         raise KernelArgumentError(f"groups={groups} must divide C_in={c_in} and C_out={c_out}")
     k = c_in // groups * kh * kw

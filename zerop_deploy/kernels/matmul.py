@@ -1,4 +1,4 @@
-"""Matrix products with packed int4 weights: float activations (:func:`matmul_int4`) or int8 ones."""
+"""Matrix products with packed int4 weights, on float activations or on int8 ones."""
 
 from __future__ import annotations
 
@@ -45,7 +45,9 @@ def matmul_int4(
         KernelsUnavailableError: If the native kernels were not built.
 
     """
-    if impl is None and native._native is not None:  # all checks in one native call (about 3 us less)
+    if (
+        impl is None and native._native is not None
+    ):  # all checks in one native call (about 3 us less)
         y = native._native.matmul_f32_fast(x, packed, scales, bias, group_size, threads)
         if y is not None:
             return y

@@ -104,7 +104,9 @@ def _check_group(group_size: int) -> int:
     if not isinstance(group_size, int | np.integer) or (
         group_size != 0 and (group_size < 32 or (group_size != 32 and group_size % 64))
     ):
-        raise KernelArgumentError(f"group_size must be 0, 32 or a multiple of 64, got {group_size!r}")
+        raise KernelArgumentError(
+            f"group_size must be 0, 32 or a multiple of 64, got {group_size!r}"
+        )
     return int(group_size)
 
 
@@ -129,13 +131,17 @@ def _check_common(
     if bias is not None and bias.shape != (n,):
         raise KernelArgumentError(f"bias must have shape ({n},), got {bias.shape}")
     if not isinstance(threads, int | np.integer) or threads < 0:
-        raise KernelArgumentError(f"threads must be an integer >= 0 (0 = all cores), got {threads!r}")
+        raise KernelArgumentError(
+            f"threads must be an integer >= 0 (0 = all cores), got {threads!r}"
+        )
 
 
 def _zero_point(xq: np.ndarray, zero_point: int) -> int:
     lo, hi = (0, 255) if xq.dtype == np.uint8 else (-128, 127)
     if not lo <= int(zero_point) <= hi:
-        raise KernelArgumentError(f"x_zero_point {zero_point} is outside the {xq.dtype} range {lo}..{hi}")
+        raise KernelArgumentError(
+            f"x_zero_point {zero_point} is outside the {xq.dtype} range {lo}..{hi}"
+        )
     return int(zero_point)
 
 

@@ -1,4 +1,4 @@
-"""Does the converted module compute what onnxruntime computes? Random inputs, both runs, the diff."""
+"""Does the converted module compute what onnxruntime computes? Random inputs, both, the diff."""
 
 from __future__ import annotations
 
@@ -110,7 +110,9 @@ def run_onnxruntime(
         sess = ort.InferenceSession(arg, opts, providers=["CPUExecutionProvider"])
         return [np.asarray(o) for o in sess.run(None, feeds)]
     except Exception as e:  # onnxruntime raises its own exception types
-        raise ValidationError(f"{source}: onnxruntime cannot run the model: {short_error(e)}") from e
+        raise ValidationError(
+            f"{source}: onnxruntime cannot run the model: {short_error(e)}"
+        ) from e
 
 
 def run_torch(module: torch.nn.Module, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:

@@ -66,6 +66,7 @@ def read_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
 
 
 def short_error(e: BaseException, limit: int = 300) -> str:
+    """A library's error as one line of at most ``limit`` characters, for our messages."""
     text = " ".join(str(e).split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
 

@@ -66,7 +66,6 @@ def check_tensor_sizes(tensors: Iterable[TensorProto], source: str) -> None:
             )
 
 
-
 _FLOATS = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
 _WEIGHT_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization"}
 """Ops whose every constant input must be finite (weights, biases, BN scale/B/mean/var)."""

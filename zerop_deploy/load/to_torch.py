@@ -87,7 +87,6 @@ def convert_model(proto: onnx.ModelProto, *, source: str = "model") -> torch.fx.
         UnsupportedModelError: Naming the first node whose op/opset has no converter or fails to
             convert.
     """
-
     proto = prepare_for_onnx2torch(proto)
     missing = _missing_converters(proto)
     if missing:
@@ -157,7 +156,6 @@ def load_model(path: str | os.PathLike[str], *, parity: bool = True, seed: int =
         UnsupportedModelError: No converter, or the conversion disagrees with onnxruntime.
         ValidationError: onnxruntime cannot run the model.
     """
-
     p = Path(path)
     proto = ensure_node_names(prepare_for_onnx2torch(read_model(p)))
     check_finite_constants(proto, str(p))

@@ -43,7 +43,6 @@ class Sources:
 
     def __call__(self, *paths: str) -> list:
         """The opened sources of ``paths`` (:class:`zerop_deploy.data.sources.ImageSource`)."""
-
         for p in paths:
             if p not in self._opened:
                 self._opened[p] = open_source(
@@ -72,7 +71,6 @@ def proxy_data(
     (:class:`StreamedImages`). ``data.holdout`` of them (at most 1,000) are kept back for
     validation.
     """
-
     section: dict[str, Any] = {"method": "path", "ranking": []}
     if data.proxy == ("none",):
         empty = torch.empty(0, *chw, dtype=torch.uint8)
@@ -123,7 +121,6 @@ def _check_finite(teacher: nn.Module, proto: onnx.ModelProto, images, data: Data
         InputError: Naming the first ONNX node whose output is not finite
             (:func:`zerop_deploy.quant.finite.nonfinite_error`).
     """
-
     if not len(images):
         return
     x = data.preprocess.to_input(images).to(module_device(teacher))

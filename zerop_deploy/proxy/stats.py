@@ -293,7 +293,6 @@ def rank_candidates(
         ``(method, rows)``: method "bns" or "output" (no stored statistics), rows
         ``{"candidate", "distance", "images", "total_images", "skipped", ...}`` sorted.
     """
-
     method = scoring_method(proto)
     rows = []
     for src in sources:

@@ -1,4 +1,4 @@
-"""What the student is taught: the distillation loss and the matched layer outputs (feature taps)."""
+"""What the student is taught: the distillation loss and the matched layer outputs."""
 
 from __future__ import annotations
 

@@ -30,7 +30,6 @@ _FIX = (
 
 def onnx_nodes(proto: onnx.ModelProto) -> dict[str, tuple[str, str]]:
     """Map the converted module's submodule names to ``(ONNX node name, op type)``."""
-
     ops = {n.name: n.op_type for n in proto.graph.node}
     return {m: (node, ops.get(node, "?")) for m, node in module_node_names(proto).items()}
 

@@ -198,8 +198,8 @@ class QuantLayer(nn.Module):
 
         onnxruntime rounds the bias of a layer with a quantized input this way, and the exporter
         stores it so (``int32_bias=True``); a channel whose integer weights are all zero takes the
-        layer's largest step, as :func:`zerop_deploy.export.integers.stored_weight_scale` does. The rounding
-        has a straight-through gradient.
+        layer's largest step, as :func:`zerop_deploy.export.integers.stored_weight_scale` does. The
+        rounding has a straight-through gradient.
         """
         if self.bias is None or self.act is None or not self.quant_weights or not self.act.enabled:
             return self.bias

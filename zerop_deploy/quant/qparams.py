@@ -4,7 +4,8 @@ The fine-tuned student is described, layer by layer, in terms of the user's ORIG
 node name of each quantized Conv/ConvTranspose/Gemm/MatMul, its integer weight in that node's own
 weight
 layout, per-output-channel scales, the float bias (with any BatchNorm already folded in), and the
-per-tensor quantizer of the node's input activation. :mod:`zerop_deploy.export.qdq` needs nothing else.
+per-tensor quantizer of the node's input activation. :mod:`zerop_deploy.export.qdq` needs nothing
+else.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Build the fake-quantized student from the fp32 teacher: fold BatchNorm, swap in quantized layers.
 
-The teacher (from :func:`zerop_deploy.load.to_torch.convert_model`) is left untouched, BatchNorm statistics
-included, for the proxy-data and synthesis stages. The student is a deep copy in which
+The teacher (from :func:`zerop_deploy.load.to_torch.convert_model`) is left untouched, BatchNorm
+statistics included, for the proxy-data and synthesis stages. The student is a deep copy in which
 
 * every BatchNormalization that alone follows a Conv is folded into that Conv and becomes Identity;
 * every Conv, ConvTranspose, Gemm (as nn.Linear) and MatMul with a constant weight becomes a
@@ -266,7 +266,9 @@ def _quant_layer(
     """The quantized replacement of one module (its op's handler), or ``(None, reason)``."""
     module = _inner(student.get_submodule(mname))
     handler = _HANDLERS.get(node.op_type)
-    built = None if handler is None else handler(_Site(student, mname, node, module, wbits, act, bn))
+    built = (
+        None if handler is None else handler(_Site(student, mname, node, module, wbits, act, bn))
+    )
     if built is None:
         return None, f"{node.op_type} converted to {type(module).__name__}; kept in float"
     return built

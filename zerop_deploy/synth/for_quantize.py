@@ -23,7 +23,6 @@ from zerop_deploy.synth.synthesize import SynthCache, synthesize_sharded, target
 
 def summary(teacher, proto, images, cfg, seconds, preprocess: Preprocess, resumed) -> dict:
     """Method, speed and the BNS distance of finished synthetic images (for reports)."""
-
     method = scoring_method(proto)
     new = len(images) - resumed * cfg.batch_size
     batches = (preprocess.to_input(images[i : i + 256]) for i in range(0, len(images), 256))
@@ -42,7 +41,7 @@ def summary(teacher, proto, images, cfg, seconds, preprocess: Preprocess, resume
 
 
 def npz_bytes(images: torch.Tensor, teacher, cfg: SynthConfig, preprocess: Preprocess) -> bytes:
-
+    """The ``.npz`` that ``synth`` writes: ``images`` (uint8 NHWC) and their target ``labels``."""
     with torch.no_grad():
         x = preprocess.to_input(images[:1]).to(module_device(teacher))
         k = first_output(teacher(x)).reshape(1, -1).shape[1]
@@ -75,7 +74,6 @@ def for_quantize(
     if data.synthetic == 0:
         return torch.empty(0, *chw, dtype=torch.uint8), {"images": 0, "sd_ratio": 0.0}
     if isinstance(data.synthetic, str):  # a set made before by `zerop-deploy synth`
-
         pool = load_pool(sources(data.synthetic)[0], chw)
         return pool.images, {
             "images": len(pool.images),
@@ -113,7 +111,6 @@ def make(
     Returns:
         ``(uint8 images N x C x H x W, seconds, batches taken from the cache)``.
     """
-
     h = hashlib.sha256(proto.SerializeToString())
     h.update(json.dumps([cfg.to_dict(), preprocess.mean, preprocess.std]).encode())
     cache = SynthCache(cache_path, h.hexdigest())

@@ -4,8 +4,9 @@ In the spirit of ZeroQ / DeepInversion: images are free parameters (pixels in [0
 input size), optimised with Adam so that
 
 * at every BatchNormalization input the batch's per-channel mean and std match the stored running
-  statistics: the same per-channel normalised distance as :func:`zerop_deploy.proxy.stats.bns_distance`
-  (RMS over channels of ``(mu - m) / s`` and ``(sigma - s) / s``, averaged over layers);
+  statistics: the same per-channel normalised distance as
+  :func:`zerop_deploy.proxy.stats.bns_distance` (RMS over channels of ``(mu - m) / s`` and ``(sigma
+  - s) / s``, averaged over layers);
 * the teacher assigns each image its target class (cross-entropy; image ``i`` of batch ``b``
   targets class ``(b * batch + i) mod classes``, so every class is represented);
 * image priors keep them natural: total variation and a small L2 pull towards mid-gray.
@@ -201,7 +202,6 @@ class SynthCache:
         """Write every finished batch."""
         import io
 
-
         buf = io.BytesIO()
         arrays = {f"batch_{b}": x.numpy() for b, x in done.items()}
         np.savez(buf, fingerprint=np.array(self.fingerprint), **arrays)
@@ -237,7 +237,6 @@ def synthesize_sharded(
     Returns:
         ``(batches, seconds, batches taken from the cache)``.
     """
-
     rank, world = distributed_context(device)
     count = math.ceil(cfg.images / cfg.batch_size)
     mine = [b for b in range(count) if b % world == rank]

@@ -2,9 +2,9 @@
 
 Every model runs on onnxruntime's CPU provider with its default optimisations, which is what a
 user of the exported file gets. Models are given as a path (read with
-:func:`zerop_deploy.load.read.read_model`, so external data is loaded safely) or as a ModelProto; images
-are float32 NCHW, already preprocessed the way the model expects. The logits are the model's first
-output.
+:func:`zerop_deploy.load.read.read_model`, so external data is loaded safely) or as a ModelProto;
+images are float32 NCHW, already preprocessed the way the model expects. The logits are the model's
+first output.
 
 :func:`validate` builds the document of ``zerop-deploy validate``::
 
@@ -30,7 +30,9 @@ DEFAULT_BATCH_SIZE = 256
 """Images per onnxruntime call."""
 
 
-def check_gate(doc: dict[str, Any], agreement: float, min_agreement: float | None, what: str) -> None:
+def check_gate(
+    doc: dict[str, Any], agreement: float, min_agreement: float | None, what: str
+) -> None:
     """The one quality gate: raise when ``agreement`` is under ``min_agreement``.
 
     Raises:
@@ -178,7 +180,9 @@ def top1_matches(logits: np.ndarray, reference: np.ndarray) -> int:
     if reference.ndim == 1:
         return int((logits.argmax(axis=1) == reference).sum())
     if logits.shape != reference.shape:
-        raise ValidationError(f"logits of shape {logits.shape} and {reference.shape} cannot be compared")
+        raise ValidationError(
+            f"logits of shape {logits.shape} and {reference.shape} cannot be compared"
+        )
     return int((logits.argmax(axis=1) == reference.argmax(axis=1)).sum())
 
 
@@ -350,6 +354,6 @@ def validate_files(
     agreement = doc["fp32_vs_quant_top1_agreement"]
     doc["min_agreement"] = min_agreement
     doc["passed"] = None if min_agreement is None else bool(agreement >= min_agreement)
-    check_gate(doc, agreement, min_agreement,
-               f"{qmodel_path}: top-1 agreement with {reference_path} on {doc['images']} images")  # fmt: skip
+    what = f"{qmodel_path}: top-1 agreement with {reference_path} on {doc['images']} images"
+    check_gate(doc, agreement, min_agreement, what)
     return doc

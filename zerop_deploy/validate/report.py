@@ -97,7 +97,6 @@ def validation_section(
     Returns:
         ``{"validation": {...}}`` plus ``"accuracy"`` when every chunk had labels.
     """
-
     quantized, reference = OrtRunner(qproto), OrtRunner(proto)  # one session each, every chunk
     tally = _Tally()
     for x, labels in chunks:
@@ -133,7 +132,6 @@ def layer_sqnr(
     includes the error of the layers before it; the drop from one layer to the next is what the
     layer itself adds. One value per pair, in order.
     """
-
     taps = FeatureTaps(teacher, student, pairs)
     signal = [0.0] * len(pairs)
     noise = [0.0] * len(pairs)
@@ -185,7 +183,6 @@ def header(src, out, quant, train, data, proxy, plan, device, proto) -> dict[str
 
 def add_layer_sqnr(doc, teacher, student, proto, plan, proxy, data: DataConfig) -> None:
     """Add ``output_sqnr_db`` to every quantized layer of the report (256 validation images)."""
-
     x = proxy.holdout
     if len(x) == 0:
         x = torch.cat([proxy.train[:256], proxy.synthetic[:256]])
@@ -198,7 +195,6 @@ def add_layer_sqnr(doc, teacher, student, proto, plan, proxy, data: DataConfig) 
 
 def validation(proto, qproto, student, proxy, data: DataConfig, chw, sources) -> dict[str, Any]:
     """Validate on the --eval images (streamed), else on the held-back proxy images."""
-
     if data.eval is not None:
         (src,) = sources(data.eval)
         chunks = (
@@ -211,6 +207,4 @@ def validation(proto, qproto, student, proxy, data: DataConfig, chw, sources) ->
         x = proxy.train[:256]
     elif len(x) == 0:  # synthetic-only: natural images the student never saw, only to validate
         x, source = load_pool(sources("builtin")[0], chw, limit=512).images, "builtin"
-    return validation_section(
-        proto, qproto, student, [(data.preprocess.to_input(x), None)], source
-    )
+    return validation_section(proto, qproto, student, [(data.preprocess.to_input(x), None)], source)

@@ -2,8 +2,8 @@
 
 ``qdq`` is what :func:`zerop_deploy.export.qdq.export_qdq` writes: the student bit for bit, 4-bit
 initializers where the layer is 4-bit, the compact and portable format. ``ort-cpu``
-(:mod:`zerop_deploy.export.targets.ort_cpu`) is the same network placed so that stock onnxruntime runs
-it on its 8-bit integer CPU kernels. :func:`to_target` turns a ``qdq`` file into a target;
+(:mod:`zerop_deploy.export.targets.ort_cpu`) is the same network placed so that stock onnxruntime
+runs it on its 8-bit integer CPU kernels. :func:`to_target` turns a ``qdq`` file into a target;
 :func:`target_section` says what changed and what onnxruntime runs as integers.
 """
 
@@ -81,7 +81,6 @@ def to_target(qdq: onnx.ModelProto, target: str, images: np.ndarray) -> onnx.Mod
 
 def target_section(target: str, model: onnx.ModelProto) -> dict[str, Any]:
     """The report's ``target`` section: the target, whether it is exact, what changed, kernels."""
-
     return {
         "name": target,
         "exact": target == "qdq",

@@ -1,11 +1,11 @@
 """Read an exported QDQ file back: its float graph and the integer grids the student used.
 
-An exported file (:mod:`zerop_deploy.export.qdq`) is the user's graph with a DequantizeLinear on each
-quantized weight and a QuantizeLinear -> DequantizeLinear pair on each quantized activation.
+An exported file (:mod:`zerop_deploy.export.qdq`) is the user's graph with a DequantizeLinear on
+each quantized weight and a QuantizeLinear -> DequantizeLinear pair on each quantized activation.
 :func:`float_view` undoes both: weights become float initializers holding exactly the values the
 DequantizeLinear produced (integer level times scale, in float32), activation pairs are removed and
-their readers read the float tensor again. What was removed is returned as grids, so a target
-writer can put every integer back where it was, on another format.
+their readers read the float tensor again. What was removed is returned as grids, so a target writer
+can put every integer back where it was, on another format.
 """
 
 from __future__ import annotations

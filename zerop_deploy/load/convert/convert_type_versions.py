@@ -6,8 +6,8 @@ networks (ReLU6 bounds, attention masks, window shifts); onnx2torch 1.5 stops at
 version of each. Those versions only add element types (float8, int4, string) or options with a
 default that keeps the old behaviour. Each alias below reuses onnx2torch's converter of the older
 version after checking that the node uses none of the new options; one that does is refused by
-name (``NotImplementedError``, which :func:`zerop_deploy.load.to_torch.convert_model` turns into a one-line
-error naming the node).
+name (``NotImplementedError``, which :func:`zerop_deploy.load.to_torch.convert_model` turns into a
+one-line error naming the node).
 """
 
 from __future__ import annotations
