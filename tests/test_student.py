@@ -128,7 +128,7 @@ def test_calibration_and_exact_handover(cnn_bn):
 
 
 def test_fused_lsq_matches_the_primitive_forward_and_gradients():
-    from zerop_deploy.quant.modules import lsq_fake_quantize
+    from zerop_deploy.quant.primitives import lsq_fake_quantize
 
     torch.manual_seed(1)
     for axis, shape in ((None, ()), (0, (5,))):
@@ -145,7 +145,7 @@ def test_fused_lsq_matches_the_primitive_forward_and_gradients():
 
 
 def test_fused_lsq_with_a_zero_point_matches_the_primitive():
-    from zerop_deploy.quant.modules import lsq_fake_quantize
+    from zerop_deploy.quant.primitives import lsq_fake_quantize
 
     torch.manual_seed(2)
     x1 = (torch.randn(6, 9) * 3 + 2).requires_grad_()

@@ -1,10 +1,9 @@
 """Fake-quantized layers: the student that QAT trains and the exporter turns into a QDQ graph.
 
 Each quantized layer owns an input :class:`ActQuantizer` (per tensor, learnable step size, unsigned
-when
-its input is non-negative by construction) and per-output-channel symmetric weight step sizes (LSQ).
-The forward pass is exactly what onnxruntime computes for the exported QDQ graph, up to float
-rounding.
+when its input is non-negative by construction) and per-output-channel symmetric weight step sizes
+(LSQ), fake-quantized by :mod:`zerop_deploy.quant.primitives`. The forward pass is exactly what
+onnxruntime computes for the exported QDQ graph, up to float rounding.
 """
 
 from __future__ import annotations
@@ -16,73 +15,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zerop_deploy.quant.primitives import fake_quantize, int_range, lsq_grad_scale, quantize
-
-
-class _LsqFakeQuant(torch.autograd.Function):
-    """Fused LSQ fake-quantization, in a few passes over the tensor instead of a dozen.
-
-    The forward of :func:`primitives.fake_quantize` with an integer zero point ``z`` (a scalar
-    tensor, or None for 0), straight-through gradients.
-
-    Gradients: ``x`` gets ``grad`` inside the range and 0 outside; ``scale`` gets
-    ``grad_scale * sum(grad * (q - x / s - z))`` inside and ``grad_scale * sum(grad * (q - z))``
-    outside (``q`` the clipped, rounded level); the zero point is not trained.
-    """
-
-    @staticmethod
-    def forward(ctx, x, scale, qmin, qmax, axis, grad_scale, zero_point=None):  # type: ignore[override]
-        s = (
-            scale
-            if axis is None
-            else scale.reshape([-1 if d == axis else 1 for d in range(x.dim())])
-        )
-        v = x / s if zero_point is None else x / s + zero_point
-        q = torch.round(v).clamp_(qmin, qmax)
-        inside = (v >= qmin) & (v <= qmax)
-        if zero_point is not None:
-            q = q - zero_point  # the dequantized level: (q - z) * s
-            v = v - zero_point
-        # what the step size's gradient needs, computed while q and v are at hand
-        ds = torch.where(inside, q - v, q) if ctx.needs_input_grad[1] else None
-        ctx.save_for_backward(inside, ds)
-        ctx.axis, ctx.grad_scale, ctx.scale_shape = axis, grad_scale, scale.shape
-        return q * s
-
-    @staticmethod
-    def backward(ctx, grad):  # type: ignore[override]
-        inside, ds = ctx.saved_tensors
-        grad_x = grad * inside if ctx.needs_input_grad[0] else None
-        grad_s = None
-        if ctx.needs_input_grad[1]:
-            per_elem = grad * ds
-            if ctx.axis is None:
-                grad_s = per_elem.sum()
-            else:
-                grad_s = per_elem.sum(dim=[d for d in range(ds.dim()) if d != ctx.axis])
-            grad_s = (grad_s * ctx.grad_scale).reshape(ctx.scale_shape)
-        return grad_x, grad_s, None, None, None, None, None
-
-
-def lsq_fake_quantize(
-    x: torch.Tensor,
-    scale: torch.Tensor,
-    qmin: int,
-    qmax: int,
-    axis: int | None,
-    grad_scale: float,
-    zero_point: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Fake-quantize ``x`` with step ``scale`` (per tensor or along ``axis``), LSQ gradients.
-
-    ``zero_point``: an integer-valued scalar tensor (per-tensor quantization), or None for 0.
-    """
-    return _LsqFakeQuant.apply(x, scale, qmin, qmax, axis, grad_scale, zero_point)
-
-
-def _scaled_grad(p: torch.Tensor, g: float) -> torch.Tensor:
-    """``p`` in the forward pass, gradient multiplied by ``g`` in the backward pass (LSQ)."""
-    return (p - p * g).detach() + p * g
+from zerop_deploy.quant.primitives import (
+    fake_quantize,
+    int_range,
+    lsq_fake_quantize,
+    lsq_grad_scale,
+    quantize,
+)
 
 
 class ActQuantizer(nn.Module):

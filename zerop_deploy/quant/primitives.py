@@ -1,23 +1,22 @@
 """What int4 and int8 mean, everywhere in this package: pure quantization functions.
 
 The fake-quant layers, the ONNX exporter and the C++ kernels are all tested against these
-functions, so
-this module is the single definition of the integer formats. Nothing here keeps state.
+functions, so this module is the single definition of the integer formats. Nothing here keeps
+state. :func:`fake_quantize` defines fake quantization (composed from :func:`round_ste`, so autograd
+derives its straight-through gradients); :func:`lsq_fake_quantize` is the same forward, bit for
+bit, fused into one autograd op for the training loop (tests compare values and gradients).
 
 Conventions:
 
 * Affine quantization: ``q = clip(round_half_even(x / scale) + zero_point, qmin, qmax)`` and
   ``x_hat = (q - zero_point) * scale``. This is exactly what ONNX ``QuantizeLinear`` /
   ``DequantizeLinear`` compute (division, round-half-to-even, saturation), so a graph exported from
-  these
-  numbers reproduces them in onnxruntime.
+  these numbers reproduces them in onnxruntime.
 * Weights: symmetric (zero point 0) per output channel, narrow range by default (int4 -7..7, int8
-  -127..127)
-  so that ``-q`` is always representable.
+  -127..127) so that ``-q`` is always representable.
 * Activations: per tensor; unsigned (uint8 / uint4) after ReLU-like producers, signed otherwise.
 * Packed int4 (kernels and ONNX INT4): two values per byte, element ``2i`` in the low nibble and
-  ``2i+1`` in
-  the high nibble, rows padded to whole bytes.
+  ``2i+1`` in the high nibble, rows padded to whole bytes.
 
 Worked example (4-bit symmetric weight, one channel)::
 
@@ -149,12 +148,11 @@ def fake_quantize(
     """Quantize-dequantize with straight-through gradients (LSQ / LSQ+ style).
 
     The forward value equals ``dequantize(quantize(x, ...), ...)`` exactly. Gradients: ``x`` gets 1
-    inside
-    the clipping range and 0 outside; ``scale`` gets the LSQ gradient ``round(v) - v`` inside the
-    range and
-    the clipped level outside; a floating ``zero_point`` is rounded with a straight-through
-    estimator so it
-    can be learned (LSQ+).
+    inside the clipping range and 0 outside; ``scale`` gets the LSQ gradient ``round(v) - v``
+    inside the range and the clipped level outside; a floating ``zero_point`` is rounded with a
+    straight-through estimator so it can be learned (LSQ+). The bias quantizer uses it directly
+    (its step is the product of two learned steps); weights and activations use the fused
+    :func:`lsq_fake_quantize`.
 
     Args:
         x: Values to fake-quantize.
@@ -172,6 +170,67 @@ def fake_quantize(
     zp = round_ste(zp)
     v = torch.clamp(x / s + zp, qmin, qmax)
     return (round_ste(v) - zp) * s
+
+
+class _LsqFakeQuant(torch.autograd.Function):
+    """Fused LSQ fake-quantization, in a few passes over the tensor instead of a dozen.
+
+    The forward of :func:`fake_quantize`, bit for bit, with an integer zero point ``z`` (a scalar
+    tensor, or None for 0), straight-through gradients.
+
+    Gradients: ``x`` gets ``grad`` inside the range and 0 outside; ``scale`` gets
+    ``grad_scale * sum(grad * (q - x / s - z))`` inside and ``grad_scale * sum(grad * (q - z))``
+    outside (``q`` the clipped, rounded level); the zero point is not trained.
+    """
+
+    @staticmethod
+    def forward(ctx, x, scale, qmin, qmax, axis, grad_scale, zero_point=None):  # type: ignore[override]
+        s = (
+            scale
+            if axis is None
+            else scale.reshape([-1 if d == axis else 1 for d in range(x.dim())])
+        )
+        v = x / s if zero_point is None else x / s + zero_point
+        q = torch.round(v).clamp_(qmin, qmax)
+        inside = (v >= qmin) & (v <= qmax)
+        if zero_point is not None:
+            q = q - zero_point  # the dequantized level: (q - z) * s
+            v = v - zero_point
+        # what the step size's gradient needs, computed while q and v are at hand
+        ds = torch.where(inside, q - v, q) if ctx.needs_input_grad[1] else None
+        ctx.save_for_backward(inside, ds)
+        ctx.axis, ctx.grad_scale, ctx.scale_shape = axis, grad_scale, scale.shape
+        return q * s
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        inside, ds = ctx.saved_tensors
+        grad_x = grad * inside if ctx.needs_input_grad[0] else None
+        grad_s = None
+        if ctx.needs_input_grad[1]:
+            per_elem = grad * ds
+            if ctx.axis is None:
+                grad_s = per_elem.sum()
+            else:
+                grad_s = per_elem.sum(dim=[d for d in range(ds.dim()) if d != ctx.axis])
+            grad_s = (grad_s * ctx.grad_scale).reshape(ctx.scale_shape)
+        return grad_x, grad_s, None, None, None, None, None
+
+
+def lsq_fake_quantize(
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    qmin: int,
+    qmax: int,
+    axis: int | None,
+    grad_scale: float,
+    zero_point: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Fake-quantize ``x`` with step ``scale`` (per tensor or along ``axis``), LSQ gradients.
+
+    ``zero_point``: an integer-valued scalar tensor (per-tensor quantization), or None for 0.
+    """
+    return _LsqFakeQuant.apply(x, scale, qmin, qmax, axis, grad_scale, zero_point)
 
 
 def lsq_grad_scale(numel: int, qmax: int) -> float:
