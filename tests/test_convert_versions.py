@@ -128,3 +128,31 @@ def test_clip_with_bounds_computed_at_run_time(which):
     low = -np.log(100.0) if which != "max" else None
     high = np.log(100.0) if which != "min" else None
     assert np.allclose(y, np.clip(x, low, high), atol=1e-6)
+
+
+def test_dynamic_clip_number_bounds_match_tensor_bounds():
+    """0-d CPU bounds take the number path: values and gradients equal clamping by tensors.
+
+    Inputs exactly on a bound get half the gradient there (``max(min(x, hi), lo)``), as with
+    tensor bounds; NaN stays NaN.
+    """
+    import torch
+
+    from zerop_deploy.convert.convert_clip import DynamicClip
+
+    low, high = torch.tensor(0.0), torch.tensor(6.0)
+    clip = DynamicClip(True, True)
+    x = torch.tensor([-1.0, 0.0, 3.0, 6.0, 7.5, float("nan")], requires_grad=True)
+    y = clip(x, low, high)
+    assert y.grad_fn is not None and "NumberClamp" in type(y.grad_fn).__name__
+    ref_x = x.detach().clone().requires_grad_(True)
+    ref = torch.clamp(ref_x, low, high)
+    assert torch.equal(y.detach().nan_to_num(-9), ref.detach().nan_to_num(-9))
+    g = torch.tensor([1.0, -2.0, 3.0, 4.0, 5.0, 0.0])
+    y.backward(g)
+    ref.backward(g)
+    assert torch.equal(x.grad, ref_x.grad)
+    assert x.grad.tolist() == [0.0, -1.0, 3.0, 2.0, 0.0, 0.0]
+    # integer input and bounds that are not 0-d keep clamping by tensors
+    assert clip(torch.tensor([-3, 0, 9]), low, high).tolist() == [0, 0, 6]
+    assert clip(x.detach(), low.reshape(1), high).grad_fn is None
