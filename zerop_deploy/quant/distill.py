@@ -51,8 +51,11 @@ class FeatureTaps:
         terms = []
         for t_name, s_name in self.pairs:
             t, s = self.outputs(t_name, s_name)
-            t, s = t.flatten(1), s.flatten(1)
-            terms.append(((s - t).pow(2).mean(1) / (t.pow(2).mean(1) + 1e-8)).mean())
+            # reduced in place over all but the batch axis: flatten(1) would copy every
+            # channels_last output (and its gradient); mse_loss is one pass where - and pow are two
+            dims = tuple(range(1, t.dim()))
+            err = F.mse_loss(s, t, reduction="none").mean(dims)
+            terms.append((err / (t.pow(2).mean(dims) + 1e-8)).mean())
         return torch.stack(terms).mean()
 
     def outputs(self, t_name: str, s_name: str) -> tuple[torch.Tensor, torch.Tensor]:
