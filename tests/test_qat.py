@@ -124,3 +124,39 @@ def test_a_second_interrupt_stops_mid_step_without_a_half_done_checkpoint(cnn_bn
         _run(cnn_bn, tmp_path, twice)
     assert not (tmp_path / "run.ckpt").exists()  # no periodic checkpoint yet, none half-done
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_micro_batches_give_the_update_of_the_whole_batch(cnn_bn, monkeypatch):
+    """A batch above the pixel budget is split; the step's loss and gradients match one pass."""
+    import copy
+
+    from zerop_deploy.quant import loop as qat
+    from zerop_deploy.quant.distill import FeatureTaps
+    from zerop_deploy.quant.loop import _micro_batches, _step, param_groups
+
+    x = torch.rand(10, 3, 16, 16)
+    monkeypatch.setenv("ZEROP_MICRO_BATCH_PIXELS", str(4 * 16 * 16))
+    assert [len(p) for p in _micro_batches(x)] == [4, 4, 2]
+    monkeypatch.setenv("ZEROP_MICRO_BATCH_PIXELS", "0")
+    assert len(_micro_batches(x)) == 1
+    monkeypatch.delenv("ZEROP_MICRO_BATCH_PIXELS")
+    assert qat.MICRO_BATCH_PIXELS // (224 * 224) == 16
+    assert len(_micro_batches(torch.rand(64, 3, 32, 32))) == 1  # CIFAR batches stay whole
+
+    teacher, student, plan = _setup(cnn_bn)
+    cfg = TrainConfig(feature_weight=1.0)
+    results = {}
+    for budget in ("0", str(3 * 16 * 16)):
+        monkeypatch.setenv("ZEROP_MICRO_BATCH_PIXELS", budget)
+        s = copy.deepcopy(student)
+        qat._trainable(s)
+        taps = FeatureTaps(teacher, s, feature_pairs(cnn_bn, plan))
+        opt = torch.optim.SGD(param_groups(s, cfg), lr=0.0)  # lr 0: keep the gradients to compare
+        n, loss = _step(teacher, s, x, cfg, opt, taps)
+        taps.remove()
+        assert n == 10 and not taps.teacher and not taps.student  # every recorded output was used
+        results[budget] = loss, [p.grad.clone() for p in s.parameters() if p.requires_grad]
+    (loss_a, grads_a), (loss_b, grads_b) = results.values()
+    assert loss_b == pytest.approx(loss_a, rel=1e-5)
+    for a, b in zip(grads_a, grads_b, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)

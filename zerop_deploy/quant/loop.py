@@ -214,18 +214,47 @@ def _lr_factor(step: int, steps: int, elapsed: float, budget: float | None) -> f
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, frac)))
 
 
+MICRO_BATCH_PIXELS = 16 * 224 * 224
+"""Input pixels (images x height x width) of one forward + backward pass at most.
+
+A bigger batch is split into micro-batches whose gradients add up before the one optimizer step:
+the same update (every loss term is a mean over images, the student has no BatchNorm left and the
+teacher runs in eval mode), but autograd holds the activations of 16 images at 224 x 224 instead
+of the whole batch's. Small inputs (32 x 32) are never split. ``ZEROP_MICRO_BATCH_PIXELS``
+overrides it (0: never split)."""
+
+
+def _micro_batches(x: torch.Tensor) -> list[torch.Tensor]:
+    """``x`` split along the batch into parts of at most :data:`MICRO_BATCH_PIXELS` pixels."""
+    budget = int(os.environ.get("ZEROP_MICRO_BATCH_PIXELS", MICRO_BATCH_PIXELS))
+    pixels = math.prod(x.shape[2:]) if x.dim() > 2 else 1
+    if budget <= 0 or len(x) * pixels <= budget:
+        return [x]
+    return list(x.split(max(1, budget // pixels)))
+
+
 def _step(teacher, student, x, cfg, opt, taps) -> tuple[int, float]:
     """One distillation step on images ``x``; returns the batch size and the loss."""
-    with torch.no_grad():
-        target = teacher(x)
-    loss = kd_loss(student(x), target, cfg.temperature)
-    features = taps.loss()
-    if features is not None:
-        loss = loss + cfg.feature_weight * features
+    parts = _micro_batches(x)
     opt.zero_grad(set_to_none=True)
-    loss.backward()
+    total = 0.0
+    for i, part in enumerate(parts):
+        # under DDP only the last part's backward averages the gradients across ranks
+        last = i == len(parts) - 1
+        no_sync = getattr(student, "no_sync", None)
+        with contextlib.nullcontext() if last or no_sync is None else no_sync():
+            with torch.no_grad():
+                target = teacher(part)
+            loss = kd_loss(student(part), target, cfg.temperature)
+            features = taps.loss()
+            if features is not None:
+                loss = loss + cfg.feature_weight * features
+            if len(parts) > 1:
+                loss = loss * (len(part) / len(x))
+            loss.backward()
+        total += float(loss.detach())
     opt.step()
-    return len(x), float(loss.detach())
+    return len(x), total
 
 
 def _loop(
