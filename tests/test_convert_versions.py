@@ -138,7 +138,7 @@ def test_dynamic_clip_number_bounds_match_tensor_bounds():
     """
     import torch
 
-    from zerop_deploy.convert.convert_clip import DynamicClip
+    from zerop_deploy.load.convert.convert_clip import DynamicClip
 
     low, high = torch.tensor(0.0), torch.tensor(6.0)
     clip = DynamicClip(True, True)
