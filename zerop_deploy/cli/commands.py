@@ -1,7 +1,7 @@
 """The commands that read and write files: inspect, demo, validate, retarget, bench.
 
 Each is a thin wrapper over :mod:`zerop_deploy.api` (imported when the command runs, so that
-``--help`` does not load torch).
+``--help`` loads neither onnxruntime nor the pipeline).
 """
 
 from __future__ import annotations
