@@ -137,7 +137,8 @@ class TrainConfig:
             first).
         time_budget_s: Wall-clock budget of fine-tuning in seconds, or None.
         batch_size: Images per step.
-        lr: Learning rate of weights; step sizes use ``lr * scale_lr_factor``.
+        lr: Learning rate of 4-bit layers' weights (8-bit layers use ``lr / 16``); step sizes
+            learn relative to their own size (:func:`zerop_deploy.quant.loop.param_groups`).
         scale_lr_factor: Ratio of the step-size learning rate to the weight learning rate.
         temperature: Distillation temperature of the KL loss on logits.
         calib_images: Images used to initialise the step sizes.
