@@ -3,10 +3,10 @@
 The corpus: torchvision classification architectures with random weights (``weights=None``), each
 exported three ways (TorchScript exporter opset 13; TorchScript exporter opset 17 with
 BatchNormalization kept; torch's default exporter, ``dynamo=True``), plus the model-zoo graphs
-shipped inside the ``onnx`` package (``onnx/backend/test/data/light/*.onnx``). Every entry is read
-with :func:`zerop_deploy.load.read.read_model`, converted with :func:`zerop_deploy.load.to_torch.convert_model`
-and compared with onnxruntime by :func:`zerop_deploy.load.parity.check_parity`. One entry's failure never
-stops the run.
+shipped inside the ``onnx`` package (``onnx/backend/test/data/light/*.onnx``). Every entry is
+read with :func:`zerop_deploy.load.read.read_model`, converted with
+:func:`zerop_deploy.load.to_torch.convert_model` and compared with onnxruntime by
+:func:`zerop_deploy.load.parity.check_parity`. One entry's failure never stops the run.
 
 Usage::
 
@@ -182,8 +182,8 @@ def measure(path: Path, result: Result) -> Result:
     """Read, convert and compare one ONNX file, filling ``result``; never raises.
 
     The model is converted as :func:`zerop_deploy.load.to_torch.convert_model` gets it and, when
-    :func:`zerop_deploy.load.convert.prepare.prepare_for_onnx2torch` changes the graph, once more after
-    it.
+    :func:`zerop_deploy.load.convert.prepare.prepare_for_onnx2torch` changes the graph, once more
+    after it.
     """
     from zerop_deploy.load.convert.prepare import prepare_for_onnx2torch
     from zerop_deploy.load.read import read_model

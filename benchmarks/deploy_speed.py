@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks._common import SHARED  # noqa: E402
 from zerop_deploy.bench.tables import bench  # noqa: E402
-from zerop_deploy.data.preprocess import normalize
+from zerop_deploy.data.preprocess import normalize  # noqa: E402
 from zerop_deploy.data.sources import load_pool, open_source  # noqa: E402
 from zerop_deploy.validate.compare import run_logits  # noqa: E402
 

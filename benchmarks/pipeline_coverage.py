@@ -203,6 +203,7 @@ def quantize_row(model: Path, side: int, width: str, folder: Path, timeout: floa
 
 def code_version() -> str:
     """The commit the rows were measured with (``+`` when the working tree had changes)."""
+
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout
 
@@ -260,9 +261,11 @@ def table(rows: list[dict]) -> str:
     counts = Counter(r["status"] for r in rows)
     n = max(len(rows), 1)
     lines = [
-        f"{len(rows)} runs: " + ", ".join(
+        f"{len(rows)} runs: "
+        + ", ".join(
             f"**{counts[s]} {s}** ({100 * counts[s] / n:.0f} %)"
-            for s in ("ok", "refused", "failed", "export failed") if counts[s]
+            for s in ("ok", "refused", "failed", "export failed")
+            if counts[s]
         ),  # fmt: skip
         "",
         "| architecture | export | input | " + " | ".join(widths) + " | seconds (4 runs) |",
@@ -273,8 +276,9 @@ def table(rows: list[dict]) -> str:
         by_entry.setdefault((r["model"], r["export"]), {})[r["width"]] = r
     reasons: Counter = Counter()
     order = list(EXPORTS)
-    for (model, how), cells in sorted(by_entry.items(), key=lambda kv: (kv[0][0],
-                                                                        order.index(kv[0][1]))):
+    for (model, how), cells in sorted(
+        by_entry.items(), key=lambda kv: (kv[0][0], order.index(kv[0][1]))
+    ):
         side = next((c.get("side") for c in cells.values() if c.get("side")), None)
         shown = [_cell(cells[w]) if w in cells else "-" for w in widths]
         secs = sum(c.get("seconds", 0) for c in cells.values())
@@ -325,8 +329,12 @@ def main() -> None:
     p.add_argument("--widths", default=",".join(WIDTHS), help="comma-separated widths")
     p.add_argument("--timeout", type=float, default=1200, help="seconds per quantize run")
     p.add_argument("--results", type=Path, default=None, help="JSON-lines results file")
-    p.add_argument("--target", default="qdq", choices=("qdq", "ort-cpu"),
-                   help="quantize --target of every run (its own results file and table)")
+    p.add_argument(
+        "--target",
+        default="qdq",
+        choices=("qdq", "ort-cpu"),
+        help="quantize --target of every run (its own results file and table)",
+    )
     p.add_argument("--resume", action="store_true", help="skip rows already in --results")
     p.add_argument("--table", action="store_true", help="only print the table from --results")
     p.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
