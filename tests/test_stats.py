@@ -151,3 +151,26 @@ def test_spearman():
     assert math.isnan(spearman([1, 1, 1], [1, 2, 3]))
     with pytest.raises(ValueError):
         spearman([1], [2])
+
+
+def test_scoring_batches_are_capped_by_pixels_and_give_the_same_distance(
+    trained, tmp_path, monkeypatch
+):
+    """Big inputs are scored in smaller forward passes (memory); the distance stays the same."""
+    import zerop_deploy.proxy.stats as stats
+    from zerop_deploy.data.sources import open_source
+
+    proto, teacher, _ = trained
+    path = tmp_path / "domain.npz"
+    x = _domain(100, seed=3)
+    np.savez(path, images=(x * 255).round().byte().permute(0, 2, 3, 1).numpy())
+    seen: list[int] = []
+    hook = teacher.register_forward_pre_hook(lambda _m, args: seen.append(len(args[0])))
+    whole = rank_candidates(teacher, proto, [open_source(path)], (3, 16, 16), samples=100)[1]
+    assert max(seen) == 100
+    seen.clear()
+    monkeypatch.setattr(stats, "FORWARD_PIXELS", 16 * 16 * 30)
+    split = rank_candidates(teacher, proto, [open_source(path)], (3, 16, 16), samples=100)[1]
+    hook.remove()
+    assert max(seen) == 30 and sum(seen) == 100
+    assert split[0]["distance"] == pytest.approx(whole[0]["distance"], rel=1e-4)
