@@ -35,3 +35,13 @@ def test_augment_keeps_shape_and_values():
     x = torch.rand(6, 3, 16, 16)
     y = augment(x, torch.Generator().manual_seed(0))
     assert y.shape == x.shape and y.min() >= x.min() and y.max() <= x.max()
+
+
+def test_inference_passes_shrink_only_for_big_inputs():
+    from zerop_deploy.data.batches import images_per_pass
+
+    assert images_per_pass((3, 32, 32), 2048) == 2048  # CIFAR-size batches as they were
+    assert images_per_pass((64, 3, 32, 32), 256) == 256  # a whole N, C, H, W works the same
+    assert images_per_pass((3, 224, 224), 256) == 41
+    assert images_per_pass((3, 224, 224), 16) == 16
+    assert images_per_pass((3, 4096, 4096), 256) == 1

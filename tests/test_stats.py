@@ -157,7 +157,7 @@ def test_scoring_batches_are_capped_by_pixels_and_give_the_same_distance(
     trained, tmp_path, monkeypatch
 ):
     """Big inputs are scored in smaller forward passes (memory); the distance stays the same."""
-    import zerop_deploy.proxy.stats as stats
+    import zerop_deploy.data.batches as batches
     from zerop_deploy.data.sources import open_source
 
     proto, teacher, _ = trained
@@ -169,7 +169,7 @@ def test_scoring_batches_are_capped_by_pixels_and_give_the_same_distance(
     whole = rank_candidates(teacher, proto, [open_source(path)], (3, 16, 16), samples=100)[1]
     assert max(seen) == 100
     seen.clear()
-    monkeypatch.setattr(stats, "FORWARD_PIXELS", 16 * 16 * 30)
+    monkeypatch.setattr(batches, "INFERENCE_PIXELS", 16 * 16 * 30)
     split = rank_candidates(teacher, proto, [open_source(path)], (3, 16, 16), samples=100)[1]
     hook.remove()
     assert max(seen) == 30 and sum(seen) == 100

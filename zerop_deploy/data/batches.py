@@ -7,6 +7,19 @@ import torch.nn.functional as F
 
 from zerop_deploy.data.preprocess import NO_PREPROCESS, Preprocess, unit
 
+INFERENCE_PIXELS = 2048 * 32 * 32
+"""Input pixels of one inference pass (no gradients) at most: 2,048 images at 32 x 32, 41 at
+224 x 224. Scoring, validation and the per-layer SQNR pass cut their batches to it, so that a
+224-px model holds the activations of a few dozen images, not of hundreds."""
+
+
+def images_per_pass(chw: tuple[int, ...], most: int) -> int:
+    """Images per inference pass over inputs ``chw`` (``C, H, W`` or a whole ``N, C, H, W``).
+
+    ``most``, or fewer (at least 1) where ``most`` images would exceed :data:`INFERENCE_PIXELS`.
+    """
+    return max(1, min(most, INFERENCE_PIXELS // (chw[-2] * chw[-1])))
+
 
 def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Random shifts (reflect-padded crops of 1/8 of the size) and horizontal flips, per image."""

@@ -44,6 +44,7 @@ import onnx
 import torch
 from torch import nn
 
+from zerop_deploy.data.batches import images_per_pass
 from zerop_deploy.data.preprocess import NO_PREPROCESS, Preprocess
 from zerop_deploy.data.sources import load_pool
 from zerop_deploy.quant.graph import module_node_names, resolved_constants
@@ -263,12 +264,6 @@ def scoring_method(proto: onnx.ModelProto) -> str:
     return "bns" if stored_bns(proto) else "output"
 
 
-FORWARD_PIXELS = 32 * 224 * 224
-"""Input pixels of one scoring forward pass at most: 32 images at 224 x 224 (a forward pass of
-128 such images through EfficientNet-Lite0 with the statistics hooks held 7 GB), 128 at 32 x 32
-and below (those batches are not split)."""
-
-
 def rank_candidates(
     teacher: nn.Module,
     proto: onnx.ModelProto,
@@ -292,7 +287,8 @@ def rank_candidates(
         seed: Seed of the draw.
         preprocess: Turns images into model inputs (``--mean``/``--std`` for graphs that do not
             normalise their own input).
-        batch: Images per forward pass, at most :data:`FORWARD_PIXELS` pixels' worth.
+        batch: Images per forward pass at most (fewer at big inputs:
+            :func:`zerop_deploy.data.batches.images_per_pass`).
         on_done: Called with each candidate's row as soon as it is scored (progress).
 
     Returns:
@@ -300,7 +296,7 @@ def rank_candidates(
         ``{"candidate", "distance", "images", "total_images", "skipped", ...}`` sorted.
     """
     method = scoring_method(proto)
-    batch = max(1, min(batch, FORWARD_PIXELS // (chw[1] * chw[2])))
+    batch = images_per_pass(chw, batch)
     rows = []
     for src in sources:
         pool = load_pool(src, chw, limit=samples, seed=seed)

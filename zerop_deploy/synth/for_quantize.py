@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from zerop_deploy.config import DataConfig, SynthConfig
+from zerop_deploy.data.batches import images_per_pass
 from zerop_deploy.data.preprocess import Preprocess
 from zerop_deploy.data.sources import load_pool
 from zerop_deploy.progress import bar, to
@@ -25,7 +26,8 @@ def summary(teacher, proto, images, cfg, seconds, preprocess: Preprocess, resume
     """Method, speed and the BNS distance of finished synthetic images (for reports)."""
     method = scoring_method(proto)
     new = len(images) - resumed * cfg.batch_size
-    batches = (preprocess.to_input(images[i : i + 256]) for i in range(0, len(images), 256))
+    step = images_per_pass(images.shape, 256)
+    batches = (preprocess.to_input(images[i : i + step]) for i in range(0, len(images), step))
     return {
         "method": method,
         "images": len(images),

@@ -11,6 +11,7 @@ import onnx
 import torch
 
 from zerop_deploy.config import DataConfig
+from zerop_deploy.data.batches import images_per_pass
 from zerop_deploy.data.sources import iter_batches, load_pool
 from zerop_deploy.quant.distill import FeatureTaps, feature_pairs
 from zerop_deploy.quant.graph import QUANTIZATION_SCHEME, float_nodes
@@ -100,10 +101,12 @@ def validation_section(
     quantized, reference = OrtRunner(qproto), OrtRunner(proto)  # one session each, every chunk
     tally = _Tally()
     for x, labels in chunks:
+        step = images_per_pass(x.shape, 256)
         with torch.no_grad():
-            s = torch.cat([student(x[i : i + 256]) for i in range(0, len(x), 256)]).numpy()
+            s = torch.cat([student(x[i : i + step]) for i in range(0, len(x), step)]).numpy()
         xs = x.numpy()
-        tally.add(quantized.logits(xs), reference.logits(xs), s.reshape(len(s), -1), labels)
+        q, ref = quantized.logits(xs, batch_size=step), reference.logits(xs, batch_size=step)
+        tally.add(q, ref, s.reshape(len(s), -1), labels)
     n = max(tally.n, 1)
     doc: dict[str, Any] = {
         "validation": {
@@ -137,9 +140,10 @@ def layer_sqnr(
     noise = [0.0] * len(pairs)
     try:
         with torch.no_grad():
-            for i in range(0, len(x), 128):
-                teacher(x[i : i + 128])
-                student(x[i : i + 128])
+            step = images_per_pass(x.shape, 128)
+            for i in range(0, len(x), step):
+                teacher(x[i : i + step])
+                student(x[i : i + step])
                 for k, (t_name, s_name) in enumerate(pairs):
                     t, s = (v.double() for v in taps.outputs(t_name, s_name))
                     signal[k] += float(t.pow(2).sum())
@@ -199,7 +203,7 @@ def validation(proto, qproto, student, proxy, data: DataConfig, chw, sources) ->
         (src,) = sources(data.eval)
         chunks = (
             (data.preprocess.to_input(c.images), c.labels)
-            for c in iter_batches(src, chw, batch=2048)
+            for c in iter_batches(src, chw, batch=images_per_pass(chw, 2048))
         )
         return validation_section(proto, qproto, student, chunks, "eval")
     x, source = proxy.holdout, "proxy holdout"
