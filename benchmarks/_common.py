@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
+
+
+def zerop_command(*args: str) -> list[str]:
+    """The command line of ``zerop-deploy ARGS`` with this interpreter (the checkout's package)."""
+    return [sys.executable, "-m", "zerop_deploy", *args]
 
 
 def run_command(cmd: list[str]) -> tuple[float, float, str]:
@@ -41,3 +47,17 @@ def write_section(name: str, title: str, text: str) -> None:
     else:
         doc = doc.rstrip() + f"\n\n## {title}\n\n{block}\n"
     path.write_text(doc)
+
+
+def synthetic_set(model: Path, n: int, seed: int, path: Path) -> float:
+    """Make ``n`` synthetic images of ``model`` at ``path`` with ``zerop-deploy synth``, once.
+
+    Returns the seconds the synthesis took; they are kept beside it (``.seconds``), so a later
+    run reusing ``path`` reports the same time.
+    """
+    seconds = path.with_suffix(".seconds")
+    if not (path.exists() and seconds.exists()):
+        cmd = zerop_command("synth", str(model), "-n", str(n), "-o", str(path), "--seed", str(seed))
+        wall, _, _ = run_command(cmd)
+        seconds.write_text(f"{wall:.1f}\n")
+    return float(seconds.read_text())

@@ -37,7 +37,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from _common import ROOT, SHARED, run_command, write_section
+from _common import ROOT, SHARED, run_command, synthetic_set, write_section, zerop_command
 
 NETS = {
     "resnet20": "resnet20_cifar10",
@@ -84,10 +84,6 @@ def _ort_static(model: Path, out: Path, bits: tuple[str, str, str], proxy: Path)
     ]
 
 
-def _zerop(*args: str) -> list[str]:
-    return [sys.executable, "-m", "zerop_deploy", *args]
-
-
 def _candidates(data: Path) -> list[str]:
     return [str(p) for p in sorted(data.glob("*.npz")) if not p.name.startswith("cifar10_")]
 
@@ -104,29 +100,25 @@ class Prep:
     def chosen(self) -> str:
         """The candidate ``select-proxy`` ranks first (calibration set of ``ort_static``)."""
         if self._chosen is None:
-            cmd = _zerop("select-proxy", str(self.model), *_candidates(self.args.data), "--json")
+            cmd = zerop_command(
+                "select-proxy", str(self.model), *_candidates(self.args.data), "--json"
+            )
             _, _, stdout = run_command(cmd)
             self._chosen = json.loads(stdout)["ranking"][0]["candidate"]
         return self._chosen
 
     def synthetic(self) -> tuple[Path, float]:
         """``(synthetic .npz, seconds it took)``."""
-        if self._synth is None:
-            n = self.args.synthetic_images
-            path = self.work / f"{self.net}-synth{n}-seed{self.args.seed}.npz"
-            seconds = path.with_suffix(".seconds")
-            if not (path.exists() and seconds.exists()):  # --work keeps them for the next run
-                cmd = _zerop("synth", str(self.model), "-n", str(n), "-o", str(path), "--seed",
-                             str(self.args.seed))  # fmt: skip
-                wall, _, _ = run_command(cmd)
-                seconds.write_text(f"{wall:.1f}\n")
-            self._synth = (path, float(seconds.read_text()))
+        if self._synth is None:  # --work keeps it for the next run
+            n, seed = self.args.synthetic_images, self.args.seed
+            path = self.work / f"{self.net}-synth{n}-seed{seed}.npz"
+            self._synth = (path, synthetic_set(self.model, n, seed, path))
         return self._synth
 
 
 def _quantize(model: Path, out: Path, bits: tuple[str, str, str], args) -> list[str]:
     w, a, fl = bits
-    cmd = _zerop(
+    cmd = zerop_command(
         "quantize", str(model), "-o", str(out), "--wbits", w, "--abits", a,
         "--first-last-bits", fl, "--seed", str(args.seed), "--json", "--quiet",
     )  # fmt: skip
@@ -147,7 +139,7 @@ def command(method: str, bits: str, prep: Prep, out: Path) -> tuple[list[str], f
         cmd = [sys.executable, script, str(model), str(out), "--wbits", w, "--abits", a]
         return cmd + ["--calib", prep.chosen()], 0.0
     if method == "default":
-        cmd = _zerop("quantize", str(model), "--bits", "4", "-o", str(out), "--seed",
+        cmd = zerop_command("quantize", str(model), "--bits", "4", "-o", str(out), "--seed",
                      str(args.seed), "--json", "--quiet")  # fmt: skip
         return cmd, 0.0
     cmd = _quantize(model, out, BITS[bits], args)

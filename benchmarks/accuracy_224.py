@@ -38,10 +38,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _common import ROOT, SHARED, run_command, write_section
+from _common import ROOT, SHARED, run_command, synthetic_set, write_section, zerop_command
+from ort_static import model_input, read_inputs
 
-sys.path.insert(0, str(ROOT))
-from zerop_deploy.proxy.stats import spearman  # noqa: E402
+from zerop_deploy.proxy.stats import spearman
 
 MODEL = "efficientnet_lite0_imagenet.onnx"
 EVAL = "imagenet_eval"
@@ -62,10 +62,6 @@ def candidates(data: Path) -> list[str]:
     return [str(p) for p in found if not p.name.startswith(NOT_PROXY)]
 
 
-def _zerop(*args: str) -> list[str]:
-    return [sys.executable, "-m", "zerop_deploy", *args]
-
-
 class Run:
     """What the rows share: paths, schedule, BNS ranking and synthetic set (made once)."""
 
@@ -76,12 +72,14 @@ class Run:
         self.work = args.work or tmp
         self._ranking: list[dict] | None = None
         self._synth: tuple[Path, float] | None = None
+        self._eval: tuple | None = None
 
     def ranking(self) -> list[dict]:
         """``select-proxy`` over the candidates, best first (its JSON ``ranking``)."""
         if self._ranking is None:
-            cmd = _zerop("select-proxy", str(self.model), *candidates(self.args.data), "--samples",
-                         str(self.args.samples), "--json")  # fmt: skip
+            cands = candidates(self.args.data)
+            cmd = zerop_command("select-proxy", str(self.model), *cands, "--samples",
+                                str(self.args.samples), "--json")  # fmt: skip
             _, _, stdout = run_command(cmd)
             self._ranking = json.loads(stdout)["ranking"]
         return self._ranking
@@ -89,21 +87,22 @@ class Run:
     def synthetic(self) -> tuple[Path, float]:
         """``(synthetic .npz, seconds it took)``, kept in ``--work`` for later runs."""
         if self._synth is None:
-            n = self.args.synthetic_images
-            path = self.work / f"lite0-synth{n}-seed{self.args.seed}.npz"
-            seconds = path.with_suffix(".seconds")
-            if not (path.exists() and seconds.exists()):
-                cmd = _zerop("synth", str(self.model), "-n", str(n), "-o", str(path), "--seed",
-                             str(self.args.seed))  # fmt: skip
-                wall, _, _ = run_command(cmd)
-                seconds.write_text(f"{wall:.1f}\n")
-            self._synth = (path, float(seconds.read_text()))
+            n, seed = self.args.synthetic_images, self.args.seed
+            path = self.work / f"lite0-synth{n}-seed{seed}.npz"
+            self._synth = (path, synthetic_set(self.model, n, seed, path))
         return self._synth
+
+    def eval_set(self):
+        """The eval images as the model's input (read once), and their labels."""
+        if self._eval is None:
+            _, chw = model_input(self.model)
+            self._eval = read_inputs(self.eval, chw, None, shuffle=False)
+        return self._eval
 
     def quantize(self, bits: str, out: Path, *data: str) -> list[str]:
         w, a, fl = BITS[bits]
         a_ = self.args
-        return _zerop(
+        return zerop_command(
             "quantize", str(self.model), "-o", str(out), "--wbits", w, "--abits", a,
             "--first-last-bits", fl, "--seed", str(a_.seed), "--steps", str(a_.steps),
             "--batch-size", str(a_.batch_size), "--eval", str(self.eval), "--json", "--quiet",
@@ -132,7 +131,7 @@ def table_row(method: str, bits: str, run: Run) -> dict:
         wall, peak, _ = run_command(cmd)
         from zerop_deploy.validate.compare import accuracy
 
-        x, y = _eval_set(run)
+        x, y = run.eval_set()
         row = {"accuracy": accuracy(str(out), x, y), "proxy": Path(chosen).name}
     else:
         plot = ROOT / "benchmarks" / "results" / "accuracy_224_w4a4_layers.png"
@@ -162,24 +161,6 @@ def _from_report(rep: dict) -> dict:
         "ort_vs_student": rep["validation"]["ort_vs_student_top1_agreement"],
         "target": rep["target"]["name"],
     }
-
-
-_EVAL: dict = {}
-
-
-def _eval_set(run: Run):
-    """The eval images as the model's input (read once), and their labels."""
-    if not _EVAL:
-        import onnx
-
-        sys.path.insert(0, str(ROOT / "benchmarks"))
-        from ort_static import _read
-
-        from zerop_deploy.load.parity import input_shape
-
-        graph_input = onnx.load(str(run.model), load_external_data=False).graph.input[0]
-        _EVAL["xy"] = _read(run.eval, input_shape(graph_input)[1:], None, shuffle=False)
-    return _EVAL["xy"]
 
 
 def rho_rows(run: Run) -> list[dict]:
@@ -308,7 +289,7 @@ def main() -> None:
             if "table" in args.parts:
                 from zerop_deploy.validate.compare import accuracy
 
-                x, y = _eval_set(run)
+                x, y = run.eval_set()
                 _merge([], accuracy(str(run.model), x, y))
                 for bits in args.bits:
                     for method in args.methods:

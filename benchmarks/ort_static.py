@@ -42,7 +42,13 @@ class _Reader(CalibrationDataReader):
         return next(self.batches, None)
 
 
-def _read(path: Path, chw, limit: int | None, *, shuffle: bool):
+def model_input(model: Path) -> tuple[str, tuple[int, ...]]:
+    """The name and ``(C, H, W)`` of the model's image input."""
+    graph_input = onnx.load(str(model), load_external_data=False).graph.input[0]
+    return graph_input.name, input_shape(graph_input)[1:]
+
+
+def read_inputs(path: Path, chw, limit: int | None, *, shuffle: bool):
     """Float model inputs (and labels) of the first ``limit`` images, or a seeded sample of them."""
     pre = Preprocess()
     src = open_source(path, preprocess=pre)
@@ -69,10 +75,9 @@ def main() -> None:
         default=Path(__file__).resolve().parents[2] / "shared/data/cifar10_test.npz",
     )
     a = ap.parse_args()
-    graph_input = onnx.load(str(a.model), load_external_data=False).graph.input[0]
-    name, chw = graph_input.name, input_shape(graph_input)[1:]
-    x, _ = _read(a.calib, chw, a.images, shuffle=True)
-    xs, ys = _read(a.select, chw, None, shuffle=False)
+    name, chw = model_input(a.model)
+    x, _ = read_inputs(a.calib, chw, a.images, shuffle=True)
+    xs, ys = read_inputs(a.select, chw, None, shuffle=False)
     wtype = QuantType.QInt8 if a.wbits == 8 else QuantType.QInt4
     atype = QuantType.QUInt8 if a.abits == 8 else QuantType.QUInt4
     best = (-1.0, "")

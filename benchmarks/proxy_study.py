@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from _common import ROOT, SHARED, run_command
+from _common import ROOT, SHARED, run_command, zerop_command
 
 NETS = {"resnet20": "resnet20_cifar10", "shufflenet": "shufflenetv2_x0_5_cifar10"}
 RESULTS = ROOT / "benchmarks" / "results" / "proxy_study.json"
@@ -49,12 +49,10 @@ def _name(path: str) -> str:
     return Path(path).name.removesuffix(".npz") if path != "builtin" else "builtin"
 
 
-def _zerop(*args: str) -> list[str]:
-    return [sys.executable, "-m", "zerop_deploy", *args]
-
-
 def rank(net: str, model: Path, cands: dict[str, str], samples: int, plot: Path | None) -> dict:
-    cmd = _zerop("select-proxy", str(model), *cands.values(), "--samples", str(samples), "--json")
+    cmd = zerop_command(
+        "select-proxy", str(model), *cands.values(), "--samples", str(samples), "--json"
+    )
     if plot is not None:
         cmd += ["--plot", str(plot)]
     wall, _, stdout = run_command(cmd)
@@ -69,7 +67,7 @@ def rank(net: str, model: Path, cands: dict[str, str], samples: int, plot: Path 
 
 def quantize_row(net: str, model: Path, name: str, path: str, args, tmp: Path, images=None):
     out = tmp / f"{net}-{name}.int4.onnx"
-    cmd = _zerop(
+    cmd = zerop_command(
         "quantize", str(model), "-o", str(out), "--bits", "4", "--proxy", path,
         "--steps", str(args.steps), "--seed", str(args.seed),
         "--eval", str(args.data / "cifar10_test.npz"), "--json", "--quiet",

@@ -26,14 +26,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _common import ROOT, SHARED, run_command, write_section
+from _common import ROOT, SHARED, run_command, write_section, zerop_command
 from proxy_study import NETS, _candidates, _name
 
 RESULTS = ROOT / "benchmarks" / "results" / "synth_study.json"
-
-
-def _zerop(*args: str) -> list[str]:
-    return [sys.executable, "-m", "zerop_deploy", *args]
 
 
 def _best(net: str) -> str:
@@ -47,14 +43,14 @@ def _best(net: str) -> str:
 
 def speed_and_quality(net: str, model: Path, args, tmp: Path) -> dict:
     out = tmp / f"{net}-synth.npz"
-    cmd = _zerop("synth", str(model), "-n", str(args.images), "-o", str(out), "--json")
+    cmd = zerop_command("synth", str(model), "-n", str(args.images), "-o", str(out), "--json")
     if net == "resnet20":
         cmd += ["--preview", str(ROOT / "benchmarks" / "results" / "synth_resnet20.png")]
     wall, peak, stdout = run_command(cmd)
     doc = json.loads(stdout)
     cands = {**_candidates(args.data, tmp), "synthetic": str(out)}
     _, _, rank_out = run_command(
-        _zerop("select-proxy", str(model), *cands.values(), "--samples", "1024", "--json")
+        zerop_command("select-proxy", str(model), *cands.values(), "--samples", "1024", "--json")
     )
     ranking = json.loads(rank_out)["ranking"]
     for r in ranking:
@@ -82,7 +78,7 @@ def mix_row(
         "proxy only": ["--proxy", best],
         "proxy + synthetic": ["--proxy", best, "--synthetic", str(synthetic)],
     }[variant]
-    cmd = _zerop(
+    cmd = zerop_command(
         "quantize", str(model), "-o", str(tmp / f"{net}.int4.onnx"), "--bits", "4", *proxy,
         "--sd-ratio", "0.5", "--steps", str(args.steps), "--seed", "0",
         "--eval", str(args.data / "cifar10_test.npz"), "--json", "--quiet",
@@ -171,7 +167,7 @@ def main() -> None:
                 doc["mix"] = [r for r in doc["mix"] if r["net"] != net]
                 synthetic = tmp / f"{net}-synth.npz"  # made by the speed part, reused as it is
                 if not synthetic.exists():
-                    run_command(_zerop("synth", str(model), "-n", str(args.images), "-o",
+                    run_command(zerop_command("synth", str(model), "-n", str(args.images), "-o",
                                        str(synthetic)))  # fmt: skip
                 for variant in ("synthetic only", "proxy only", "proxy + synthetic"):
                     doc["mix"].append(mix_row(net, model, variant, best, synthetic, args, tmp))
