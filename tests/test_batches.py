@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from zerop_deploy.data.batches import augment, batch_fn
+from zerop_deploy.data.batches import augment, batch_fn, images_per_pass
 from zerop_deploy.data.preprocess import Preprocess
 
 
@@ -38,8 +38,6 @@ def test_augment_keeps_shape_and_values():
 
 
 def test_inference_passes_shrink_only_for_big_inputs():
-    from zerop_deploy.data.batches import images_per_pass
-
     assert images_per_pass((3, 32, 32), 2048) == 2048  # CIFAR-size batches as they were
     assert images_per_pass((64, 3, 32, 32), 256) == 256  # a whole N, C, H, W works the same
     assert images_per_pass((3, 224, 224), 256) == 41
