@@ -218,3 +218,21 @@ def test_a_finished_quantize_leaves_no_lock_file(tmp_path, cnn_bn):
         "m.int4.onnx",
         "m.int4.report.json",
     ]
+
+
+def test_bias_correction_option_reaches_the_report(tmp_path, cnn_bn):
+    onnx.save(cnn_bn, str(tmp_path / "m.onnx"))
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "x.npz", images=rng.integers(0, 256, (16, 16, 16, 3), dtype=np.uint8))
+    docs = {}
+    for flag in ("--bias-correction", "--no-bias-correction"):
+        out = tmp_path / f"{flag}.onnx"
+        args = ["--proxy", str(tmp_path / "x.npz"), "-o", str(out), "--steps", "1", "--quiet"]
+        code, _, err = run("quantize", str(tmp_path / "m.onnx"), *args, flag)
+        assert code == 0, err
+        docs[flag] = json.loads(out.with_name(out.stem + ".report.json").read_text())
+    on, off = docs["--bias-correction"], docs["--no-bias-correction"]
+    assert on["config"]["quant"]["bias_correction"] is True
+    assert off["calibration"]["bias_correction"] is None
+    corrected = on["calibration"]["bias_correction"]
+    assert corrected["layers"] >= 2 and corrected["images"] >= 1 and corrected["largest_shift"] > 0

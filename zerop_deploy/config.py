@@ -60,6 +60,9 @@ class QuantConfig:
             point chosen by calibration, instead of a range symmetric around 0.
         equalize: Cross-layer equalization of the activations between a Conv and the Conv it
             alone feeds (:mod:`zerop_deploy.quant.equalize`).
+        bias_correction: After calibration, shift every quantized layer's bias so that its
+            per-channel mean output is the fp32 model's on the calibration images
+            (:mod:`zerop_deploy.quant.bias_correction`).
     """
 
     wbits: int = 4
@@ -69,6 +72,7 @@ class QuantConfig:
     fold_bn: bool = True
     asymmetric_activations: bool = False
     equalize: bool = False
+    bias_correction: bool = False
 
     def __post_init__(self) -> None:
         _check_bits("wbits", self.wbits)

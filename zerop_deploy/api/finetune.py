@@ -7,6 +7,7 @@ from collections.abc import Callable
 import torch
 
 from zerop_deploy.data.batches import batch_fn
+from zerop_deploy.quant.bias_correction import correct_biases
 from zerop_deploy.quant.calibrate import calibrate_activations, init_weight_scales
 from zerop_deploy.quant.distill import feature_pairs
 from zerop_deploy.quant.equalize import equalization_pairs, equalize
@@ -29,10 +30,11 @@ def fine_tune(
     progress,
     say: Callable[[str], None] = lambda _m: None,
 ):
-    """Build the student, equalize (if asked), calibrate its step sizes, distil into it.
+    """Build the student, equalize (if asked), calibrate it, correct its biases, distil into it.
 
     Returns:
-        ``(student on the CPU in eval mode, layer plan, TrainResult)``.
+        ``(student on the CPU in eval mode, layer plan, TrainResult, calibration section of the
+        report)``.
     """
     # calibration runs on the CPU; synthesis may have left the teacher on the GPU (train moves both)
     # a model with no layer to quantize never gets here: quantize's preflight refuses it
@@ -46,6 +48,12 @@ def fine_tune(
         equalize(student, equalization_pairs(proto, plan), calib_batches)
     init_weight_scales(student)
     calibrate_activations(student, calib_batches)
+    calibration = {"images": len(calib), "bias_correction": None}
+    if quant.bias_correction:
+        say("correcting biases to the fp32 model's channel means")
+        calibration["bias_correction"] = correct_biases(
+            teacher.eval(), student.eval(), feature_pairs(proto, plan), calib_batches
+        )
     batches = batch_fn(
         proxy.train,
         train.batch_size,
@@ -67,4 +75,4 @@ def fine_tune(
         progress=progress,
         feature_pairs=feature_pairs(proto, plan),
     )
-    return student.cpu().eval(), plan, result
+    return student.cpu().eval(), plan, result, calibration

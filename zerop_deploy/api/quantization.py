@@ -121,7 +121,7 @@ def _quantize_locked(r: _Run) -> dict[str, Any]:
         cache_path=r.synth_cache, resume=r.run.resume, say=r.say, progress=r.run.progress,
     )  # fmt: skip
     t_start = time.monotonic()
-    student, plan, result = fine_tune(
+    student, plan, result, calibration = fine_tune(
         teacher, proto, proxy, r.data, r.quant, r.train, device, checkpoint=r.checkpoint,
         fingerprint=fingerprint(r.src, r.quant, r.train, r.data), resume=r.run.resume,
         progress=r.run.progress, say=r.say,
@@ -142,6 +142,7 @@ def _quantize_locked(r: _Run) -> dict[str, Any]:
     doc = header(r.src, r.out, r.quant, r.train, r.data, proxy, plan, device, proto)
     doc["training"] = training_section(result, time.monotonic() - t_start)
     doc["training"]["processes"] = world
+    doc["calibration"] = calibration
     doc["preflight"] = checked
     doc["preprocess"] = r.data.preprocess.describe(chw)
     doc.update(validation(proto, qproto, student, proxy, r.data, chw, sources))

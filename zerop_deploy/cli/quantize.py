@@ -164,6 +164,12 @@ from zerop_deploy.errors import QualityGateError
     default=None,
     help="Cross-layer equalization of the activation between a Conv and the Conv it alone feeds.",
 )
+@click.option(
+    "--bias-correction/--no-bias-correction",
+    default=None,
+    help="After calibration, match every quantized layer's per-channel mean output to the fp32 "
+    "model.s by its bias (default off).",
+)
 @target_option
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report on stdout.")
@@ -202,6 +208,7 @@ def quantize_cmd(
     plot_layers: Path | None,
     asymmetric_activations: bool | None,
     equalize: bool | None,
+    bias_correction: bool | None,
     target: str | None,
     quiet: bool,
     as_json: bool,
@@ -219,6 +226,9 @@ def quantize_cmd(
         if asymmetric_activations is None
         else asymmetric_activations,
         equalize=QuantConfig().equalize if equalize is None else equalize,
+        bias_correction=QuantConfig().bias_correction
+        if bias_correction is None
+        else bias_correction,
     )
     default_steps = TrainConfig().steps if time_budget is None else 10_000_000
     train = TrainConfig(
