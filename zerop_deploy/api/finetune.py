@@ -48,11 +48,12 @@ def fine_tune(
         equalize(student, equalization_pairs(proto, plan), calib_batches)
     init_weight_scales(student)
     calibrate_activations(student, calib_batches)
+    pairs = feature_pairs(proto, plan)
     calibration = {"images": len(calib), "bias_correction": None}
     if quant.bias_correction:
         say("correcting biases to the fp32 model's channel means")
         calibration["bias_correction"] = correct_biases(
-            teacher.eval(), student.eval(), feature_pairs(proto, plan), calib_batches
+            teacher.eval(), student.eval(), pairs, calib_batches
         )
     batches = batch_fn(
         proxy.train,
@@ -73,6 +74,6 @@ def fine_tune(
         fingerprint=fingerprint,
         resume=resume,
         progress=progress,
-        feature_pairs=feature_pairs(proto, plan),
+        feature_pairs=pairs,
     )
     return student.cpu().eval(), plan, result, calibration

@@ -168,7 +168,7 @@ from zerop_deploy.errors import QualityGateError
     "--bias-correction/--no-bias-correction",
     default=None,
     help="After calibration, match every quantized layer's per-channel mean output to the fp32 "
-    "model.s by its bias (default off).",
+    "model's by its bias (default off).",
 )
 @target_option
 @click.option("--quiet", is_flag=True, help="No progress bars.")

@@ -26,11 +26,7 @@ import torch
 from torch import nn
 
 from zerop_deploy.quant.modules import QuantLayer, QuantLinear, QuantMatMul
-
-
-def _layer(module: nn.Module) -> QuantLayer:
-    """The quantized layer of a student module (the last of an explicit-padding Sequential)."""
-    return module[-1] if isinstance(module, nn.Sequential) else module
+from zerop_deploy.quant.student import layer_of
 
 
 def channel_means(out: torch.Tensor, channel_axis: int) -> torch.Tensor:
@@ -72,10 +68,9 @@ def correct_biases(
     """
     targets = []
     for t_name, s_name in pairs:
-        module = student.get_submodule(s_name)
-        layer = _layer(module)
+        layer = layer_of(student, s_name)
         if layer.bias is not None:
-            divisor = getattr(module, "channel_divisor", None)
+            divisor = getattr(student.get_submodule(s_name), "channel_divisor", None)
             targets.append(_Target(t_name, s_name, layer, _channel_axis(layer), divisor))
     start = [t.layer.bias.detach().clone() for t in targets]
     spread: dict[str, float] = {}
@@ -119,12 +114,7 @@ def _teacher_means(teacher: nn.Module, targets: list[_Target], x: torch.Tensor) 
 
         return hook
 
-    handles = [teacher.get_submodule(t.teacher).register_forward_hook(keep(t)) for t in targets]
-    try:
-        teacher(x)
-    finally:
-        for h in handles:
-            h.remove()
+    _run_hooked(teacher, x, {t.teacher: keep(t) for t in targets})
     return means
 
 
@@ -143,9 +133,14 @@ def _shift_pass(student, targets, x, means, weight: float, spread: dict | None) 
 
         return hook
 
-    handles = [student.get_submodule(t.student).register_forward_hook(shift(t)) for t in targets]
+    _run_hooked(student, x, {t.student: shift(t) for t in targets})
+
+
+def _run_hooked(model: nn.Module, x: torch.Tensor, hooks: dict) -> None:
+    """Run ``model`` on ``x`` with forward hooks on the named submodules, removed afterwards."""
+    handles = [model.get_submodule(n).register_forward_hook(h) for n, h in hooks.items()]
     try:
-        student(x)
+        model(x)
     finally:
         for h in handles:
             h.remove()

@@ -292,7 +292,8 @@ def _matmul_weight(student: torch.fx.GraphModule, mname: str) -> torch.Tensor | 
     return None
 
 
-def _layer_of(student: nn.Module, mname: str) -> QuantLayer:
+def layer_of(student: nn.Module, mname: str) -> QuantLayer:
+    """The quantized layer of a student module (the last of an explicit-padding Sequential)."""
     module = student.get_submodule(mname)
     return module[-1] if isinstance(module, nn.Sequential) else module
 
@@ -322,7 +323,7 @@ def layer_quants(
     for p in plan:
         if p.skipped is not None:
             continue
-        layer = _layer_of(student, p.module)
+        layer = layer_of(student, p.module)
         w = layer.integer_weight().numpy().astype(np.int8)
         scale = layer.step_sizes().detach().numpy().astype(np.float32)
         axis = layer.weight_axis
