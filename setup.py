@@ -25,6 +25,7 @@ SOURCES = [
             "avx2.cpp",
             "conv.cpp",
             "depthwise.cpp",
+            "lsq.cpp",
             "matmul.cpp",
             "scalar.cpp",
             "thread_pool.cpp",

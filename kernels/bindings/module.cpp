@@ -142,6 +142,31 @@ void conv_q8(py::array xq, bool is_unsigned, float x_scale, int32_t zero_point, 
   zerop::conv2d_int4_q8(xp, is_unsigned, x_scale, zero_point, s, wp, sp, b, yp, threads, im);
 }
 
+// The flat views of quant/primitives.py's LSQ quantizer (dense float32 tensors of one size).
+void lsq_forward(F32 x, float s, float z, bool has_z, float qmin, float qmax, F32 y, int threads,
+                 const std::string& impl) {
+  const zerop::Impl im = impl_from(impl);
+  if (x.size() != y.size()) throw std::invalid_argument("lsq_forward: x and y differ in size");
+  const float* xp = x.data();
+  float* yp = y.mutable_data();
+  const int64_t n = x.size();
+  py::gil_scoped_release release;
+  zerop::lsq_forward(xp, n, s, z, has_z, qmin, qmax, yp, threads, im);
+}
+
+double lsq_backward(F32 x, F32 grad, float s, float z, bool has_z, float qmin, float qmax,
+                    F32 grad_x, int threads, const std::string& impl) {
+  const zerop::Impl im = impl_from(impl);
+  if (x.size() != grad.size() || x.size() != grad_x.size()) {
+    throw std::invalid_argument("lsq_backward: x, grad and grad_x differ in size");
+  }
+  const float *xp = x.data(), *gp = grad.data();
+  float* op = grad_x.mutable_data();
+  const int64_t n = x.size();
+  py::gil_scoped_release release;
+  return zerop::lsq_backward(xp, gp, n, s, z, has_z, qmin, qmax, op, threads, im);
+}
+
 uint64_t read_probe(U8 buf, int threads) {
   const uint8_t* p = buf.data();
   const size_t n = static_cast<size_t>(buf.size());
@@ -162,4 +187,6 @@ PYBIND11_MODULE(_kernels, m) {
   m.def("conv_f32", &conv_f32);
   m.def("conv_q8", &conv_q8);
   m.def("read_probe", &read_probe);
+  m.def("lsq_forward", &lsq_forward);
+  m.def("lsq_backward", &lsq_backward);
 }

@@ -67,6 +67,18 @@ void conv2d_int4_q8(const void* xq, bool is_unsigned, float x_scale, int32_t zer
                     const ConvShape& shape, const uint8_t* packed, const float* scales,
                     const float* bias, float* y, int threads, Impl impl);
 
+// Fused LSQ fake-quantization of n dense float32 values with one step size s (and, when has_z, an
+// integer-valued zero point z), the float steps of quant/primitives.py:_LsqFakeQuant:
+//   v = x / s (+ z), q = clamp(round_half_even(v), qmin, qmax), y = (q - z) * s.
+void lsq_forward(const float* x, int64_t n, float s, float z, bool has_z, float qmin, float qmax,
+                 float* y, int threads, Impl impl);
+
+// Its backward from the saved input: grad_x = grad where qmin <= v <= qmax, else 0; returns
+// sum(grad * (inside ? (q - z) - (v - z) : q - z)) in double, summed in fixed blocks so that the
+// result does not depend on the thread count (the step size's gradient before LSQ's scale).
+double lsq_backward(const float* x, const float* grad, int64_t n, float s, float z, bool has_z,
+                    float qmin, float qmax, float* grad_x, int threads, Impl impl);
+
 // Reads `nbytes` of `buf` with `threads` threads and returns a checksum: a probe of the read
 // bandwidth the benchmarks compare against.
 uint64_t read_probe(const uint8_t* buf, size_t nbytes, int threads);
