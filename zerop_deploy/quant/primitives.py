@@ -36,6 +36,8 @@ import math
 import numpy as np
 import torch
 
+from zerop_deploy.quant import native_lsq
+
 ACTIVATION_INT8_MAX = 127
 """Kernel activations are symmetric int8 in [-127, 127] (DESIGN.md, Kernel API)."""
 
@@ -181,10 +183,23 @@ class _LsqFakeQuant(torch.autograd.Function):
     Gradients: ``x`` gets ``grad`` inside the range and 0 outside; ``scale`` gets
     ``grad_scale * sum(grad * (q - x / s - z))`` inside and ``grad_scale * sum(grad * (q - z))``
     outside (``q`` the clipped, rounded level); the zero point is not trained.
+
+    A per-tensor float32 CPU tensor runs on the native kernel (``kernels/core/lsq.cpp``): one pass
+    forward, one pass backward from the saved input, the same forward values; the step size's
+    gradient is summed in double, in blocks whose order does not depend on the thread count.
     """
 
     @staticmethod
     def forward(ctx, x, scale, qmin, qmax, axis, grad_scale, zero_point=None):  # type: ignore[override]
+        ctx.axis, ctx.grad_scale, ctx.scale_shape = axis, grad_scale, scale.shape
+        lib = native_lsq.applies(x, scale, axis)
+        ctx.native = lib is not None
+        if lib is not None:
+            zp = 0.0 if zero_point is None else float(zero_point)
+            ctx.grid = (float(scale), zp, zero_point is not None, float(qmin), float(qmax))
+            ctx.save_for_backward(x)
+            ctx.scale_dtype = scale.dtype
+            return native_lsq.forward(lib, x, ctx.grid)
         s = (
             scale
             if axis is None
@@ -199,11 +214,12 @@ class _LsqFakeQuant(torch.autograd.Function):
         # what the step size's gradient needs, computed while q and v are at hand
         ds = torch.where(inside, q - v, q) if ctx.needs_input_grad[1] else None
         ctx.save_for_backward(inside, ds)
-        ctx.axis, ctx.grad_scale, ctx.scale_shape = axis, grad_scale, scale.shape
         return q * s
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
+        if ctx.native:
+            return _LsqFakeQuant._native_backward(ctx, grad)
         inside, ds = ctx.saved_tensors
         grad_x = grad * inside if ctx.needs_input_grad[0] else None
         grad_s = None
@@ -215,6 +231,16 @@ class _LsqFakeQuant(torch.autograd.Function):
                 grad_s = per_elem.sum(dim=[d for d in range(ds.dim()) if d != ctx.axis])
             grad_s = (grad_s * ctx.grad_scale).reshape(ctx.scale_shape)
         return grad_x, grad_s, None, None, None, None, None
+
+    @staticmethod
+    def _native_backward(ctx, grad):  # type: ignore[no-untyped-def]
+        (x,) = ctx.saved_tensors
+        grad_x, total = native_lsq.backward(x, grad, ctx.grid)
+        grad_s = None
+        if ctx.needs_input_grad[1]:
+            grad_s = torch.tensor(total * ctx.grad_scale, dtype=ctx.scale_dtype)
+            grad_s = grad_s.reshape(ctx.scale_shape)
+        return (grad_x if ctx.needs_input_grad[0] else None), grad_s, None, None, None, None, None
 
 
 def lsq_fake_quantize(
