@@ -5,7 +5,10 @@ For every :class:`~zerop_deploy.quant.qparams.LayerQuant` the exporter
 * inserts ``QuantizeLinear -> DequantizeLinear`` (per tensor, the layer's :class:`ActQuant`)
   before the node's first input, one pair per (tensor, qparams) even when several layers read it;
 * replaces the float weight by an INT4/INT8 initializer feeding ``DequantizeLinear`` with
-  per-channel float32 scales along ``weight_axis`` and all-zero zero points of the same type;
+  per-channel float32 scales along ``weight_axis`` and all-zero zero points of the same type (an
+  8-bit weight with levels beyond +-64 as UINT8 with zero point 128 instead, the same values, so
+  that onnxruntime's integer kernels compute it exactly on CPUs without VNNI: see
+  :mod:`zerop_deploy.export.saturation`);
 * replaces the bias by the layer's float bias (BatchNorm already folded into it) when one is given;
 * removes the BatchNormalization node named by ``folded_bn``; the layer's output takes over the
   BN's output name so that every downstream node is unchanged.
@@ -54,6 +57,7 @@ from zerop_deploy.errors import ExportError
 from zerop_deploy.export import graph as g
 from zerop_deploy.export.checks import check_layers
 from zerop_deploy.export.integers import bias_levels, bias_scale, int_tensor, stored_weight_scale
+from zerop_deploy.export.saturation import store_weights_unsaturated
 from zerop_deploy.io import atomic_write_bytes
 from zerop_deploy.onnx_facts import opset_of, producers
 from zerop_deploy.quant.qparams import ActQuant, LayerQuant
@@ -115,6 +119,7 @@ def export_qdq(
     graph = model.graph
     keep_nodes, was_used = g.dead_nodes(graph), g.used_names(graph)
     _Rewriter(graph, int32_bias=int32_bias).apply(layers)
+    store_weights_unsaturated(model)
     g.prune(graph, keep_nodes=keep_nodes, was_used=was_used)
     if any(lq.wbits == 4 or (lq.act is not None and lq.act.bits == 4) for lq in layers):
         model.ir_version = max(model.ir_version, 10)

@@ -158,10 +158,14 @@ def _dequantize(
 ) -> tuple[np.ndarray, WeightGrid | None]:
     q = consts[node.input[0]]
     levels = numpy_helper.to_array(q).astype(np.float32)
+    dtype = q.data_type
     scale = numpy_helper.to_array(consts[node.input[1]]).astype(np.float32)
     if len(node.input) > 2 and node.input[2]:
         zp = numpy_helper.to_array(consts[node.input[2]])
-        if np.any(zp != 0):
+        if q.data_type == TensorProto.UINT8 and np.all(zp == 128):
+            levels -= 128  # an int8 weight stored unsaturated (export.saturation)
+            dtype = TensorProto.INT8
+        elif np.any(zp != 0):
             raise ExportError(
                 f"node {node.name!r}: weight {node.input[0]!r} has a non-zero zero point; "
                 "not a file written by quantize"
@@ -172,9 +176,9 @@ def _dequantize(
     if scale.size > 1:
         shape[axis] = scale.size
     value = (levels * scale.reshape(shape)).astype(np.float32)
-    if q.data_type == TensorProto.INT32:
+    if dtype == TensorProto.INT32:
         return value, None
-    return value, WeightGrid(scale.reshape(-1), axis, _KIND[q.data_type][0])
+    return value, WeightGrid(scale.reshape(-1), axis, _KIND[dtype][0])
 
 
 def _act_grid(node: onnx.NodeProto, consts: dict[str, onnx.TensorProto]) -> ActGrid:

@@ -8,7 +8,8 @@ network as onnxruntime's own QDQ placement (``onnxruntime.quantization.quantize_
 knows which of its fusions apply to which op) with the student's grids forced where it had them:
 
 * weights: the student's integer levels and per-channel scales, stored as int8 (exact; a 4-bit
-  level -8..7 is an int8 level);
+  level -8..7 is an int8 level), or as uint8 with zero point 128 where an 8-bit level is beyond
+  +-64 (:mod:`zerop_deploy.export.saturation`);
 * activations the student quantized to 8 bits: its scale and zero point, as uint8 (a signed zero
   point moves by 128; exact);
 * activations the student quantized to 4 bits: uint8 on a grid 17 times finer, ``scale / 17``,
@@ -32,6 +33,7 @@ import numpy as np
 import onnx
 
 from zerop_deploy.errors import ExportError
+from zerop_deploy.export.saturation import store_weights_unsaturated
 from zerop_deploy.export.targets.float_view import ActGrid, FloatView, float_view
 from zerop_deploy.export.targets.rewrites import channel_shuffles_to_gather, pads_into_convs
 from zerop_deploy.export.targets.shapes import fold_batch_shapes
@@ -129,6 +131,7 @@ def to_ort_cpu(qdq: onnx.ModelProto, images: np.ndarray, *, batch: int = 8) -> o
         logging.getLogger().setLevel(level)
     del result.metadata_props[:]
     result.metadata_props.extend(qdq.metadata_props)
+    store_weights_unsaturated(result)
     return result
 
 
