@@ -4,9 +4,8 @@ onnxruntime runs a fused int8 Conv/Gemm/MatMul as uint8 activations times int8 w
 x86 CPUs without VNNI (AVX2, AVX-512 without VNNI, SSE4.1) its kernels multiply with
 ``vpmaddubsw``, which adds two neighbouring uint8 x int8 products into an int16 and saturates
 above 32767. ``255 * (|w1| + |w2|)`` stays below that only when every weight level is within
-+-64 (:data:`U8S8_EXACT_LEVEL`). Found here on an AVX2 CPU, onnxruntime 1.32, default session
-options: a W8A8 file whose levels span -127..127 computed 0.057 off on outputs of 0.7, one product
-pair 321 past the int16 range.
++-64 (:data:`U8S8_EXACT_LEVEL`). Seen on an AVX2 CPU, onnxruntime 1.32, default session options:
+a W8A8 test file with levels up to 127 computed 0.057 off on outputs of 0.7.
 
 An 8-bit weight with a level beyond that bound is stored as uint8 with zero point 128 instead
 (``(level + 128) - 128`` is the same value, so the file's numbers do not change): onnxruntime then
