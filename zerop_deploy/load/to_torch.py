@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import onnx
 
 from zerop_deploy.errors import InputError, UnsupportedModelError
+from zerop_deploy.load.convert.pads import fold_pads_into_convs
 from zerop_deploy.load.convert.prepare import prepare_for_onnx2torch
 from zerop_deploy.load.parity import PARITY_TOLERANCE, Parity, check_parity, input_shape
 from zerop_deploy.load.read import ensure_node_names, graph_inputs, read_model, short_error
@@ -72,9 +73,11 @@ def convert_model(proto: onnx.ModelProto, *, source: str = "model") -> torch.fx.
 
     The graph is first passed through
     :func:`zerop_deploy.load.convert.prepare.prepare_for_onnx2torch` (weights computed by constant
-    Identity/ConstantOfShape nodes become initializers; meaning unchanged). onnx2torch names each
-    submodule after its ONNX node (dots become slashes), which is how later stages map a module
-    back to the node and initializer it came from.
+    Identity/ConstantOfShape nodes become initializers; meaning unchanged), and symmetric zero Pad
+    nodes in front of convolutions end up in the convolutions' padding
+    (:func:`zerop_deploy.load.convert.pads.fold_pads_into_convs`; meaning unchanged). onnx2torch
+    names each submodule after its ONNX node (dots become slashes), which is how later stages map a
+    module back to the node and initializer it came from.
 
     Args:
         proto: A model from :func:`read_model`.
@@ -107,6 +110,9 @@ def convert_model(proto: onnx.ModelProto, *, source: str = "model") -> torch.fx.
         raise UnsupportedModelError(
             f"{source}: {_failing_node(proto)} cannot be converted to PyTorch: {short_error(e)}"
         ) from e
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # onnx2torch's own, from the constant pads it computes
+        fold_pads_into_convs(module)
     return module.eval()
 
 
