@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from zerop_deploy.native_tensors import library
 from zerop_deploy.quant import native_lsq
 from zerop_deploy.quant.primitives import lsq_fake_quantize
 
 pytestmark = pytest.mark.skipif(
-    native_lsq.library() is None, reason="the native kernels are not built"
+    library("lsq_forward") is None, reason="the native kernels are not built"
 )
 
 

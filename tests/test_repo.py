@@ -34,7 +34,7 @@ LAYERS = (
     ("stages", set()),  # STAGES, below
     ("engine", {"quant"}),
     ("leaves", {"errors", "config", "data.preprocess", "io", "progress", "onnx_facts", "__init__",
-                "__version__", "_kernels"}),  # fmt: skip
+                "__version__", "_kernels", "native_tensors"}),  # fmt: skip
 )
 STAGES = ("kernels", "plots", "load", "data", "proxy", "synth", "export", "validate", "bench")
 """The stages in the order data flows through them (each may import the ones before it)."""
