@@ -26,6 +26,8 @@ SOURCES = [
             "conv.cpp",
             "depthwise.cpp",
             "lsq.cpp",
+            "clamp.cpp",
+            "feature_mse.cpp",
             "matmul.cpp",
             "scalar.cpp",
             "thread_pool.cpp",

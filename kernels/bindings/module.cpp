@@ -167,6 +167,47 @@ double lsq_backward(F32 x, F32 grad, float s, float z, bool has_z, float qmin, f
   return zerop::lsq_backward(xp, gp, n, s, z, has_z, qmin, qmax, op, threads, im);
 }
 
+void clamp_backward(F32 x, F32 grad, float lo, float hi, F32 grad_x, int threads,
+                    const std::string& impl) {
+  const zerop::Impl im = impl_from(impl);
+  if (x.size() != grad.size() || x.size() != grad_x.size()) {
+    throw std::invalid_argument("clamp_backward: x, grad and grad_x differ in size");
+  }
+  const float *xp = x.data(), *gp = grad.data();
+  float* op = grad_x.mutable_data();
+  const int64_t n = x.size();
+  py::gil_scoped_release release;
+  zerop::clamp_backward(xp, gp, n, lo, hi, op, threads, im);
+}
+
+void feature_mse_forward(F32 s, F32 t, int64_t images, py::array_t<double> err,
+                         py::array_t<double> tsq, int threads, const std::string& impl) {
+  const zerop::Impl im = impl_from(impl);
+  if (s.size() != t.size() || images <= 0 || s.size() % images != 0 || err.size() != images ||
+      tsq.size() != images) {
+    throw std::invalid_argument("feature_mse_forward: sizes do not match");
+  }
+  const float *sp = s.data(), *tp = t.data();
+  double *ep = err.mutable_data(), *qp = tsq.mutable_data();
+  const int64_t per = s.size() / images;
+  py::gil_scoped_release release;
+  zerop::feature_mse_forward(sp, tp, images, per, ep, qp, threads, im);
+}
+
+void feature_mse_backward(F32 s, F32 t, int64_t images, F32 coef, F32 grad_s, int threads,
+                          const std::string& impl) {
+  const zerop::Impl im = impl_from(impl);
+  if (s.size() != t.size() || s.size() != grad_s.size() || images <= 0 ||
+      s.size() % images != 0 || coef.size() != images) {
+    throw std::invalid_argument("feature_mse_backward: sizes do not match");
+  }
+  const float *sp = s.data(), *tp = t.data(), *cp = coef.data();
+  float* gp = grad_s.mutable_data();
+  const int64_t per = s.size() / images;
+  py::gil_scoped_release release;
+  zerop::feature_mse_backward(sp, tp, images, per, cp, gp, threads, im);
+}
+
 uint64_t read_probe(U8 buf, int threads) {
   const uint8_t* p = buf.data();
   const size_t n = static_cast<size_t>(buf.size());
@@ -189,4 +230,7 @@ PYBIND11_MODULE(_kernels, m) {
   m.def("read_probe", &read_probe);
   m.def("lsq_forward", &lsq_forward);
   m.def("lsq_backward", &lsq_backward);
+  m.def("clamp_backward", &clamp_backward);
+  m.def("feature_mse_forward", &feature_mse_forward);
+  m.def("feature_mse_backward", &feature_mse_backward);
 }

@@ -79,6 +79,22 @@ void lsq_forward(const float* x, int64_t n, float s, float z, bool has_z, float 
 double lsq_backward(const float* x, const float* grad, int64_t n, float s, float z, bool has_z,
                     float qmin, float qmax, float* grad_x, int threads, Impl impl);
 
+// The backward of clamp(x, lo, hi) by numbers for n dense float32 values, in one pass: grad_x =
+// grad where lo < x < hi, grad / 2 where x is lo or hi, 0 outside, grad for a NaN x (torch's
+// gradient of clamping by tensors).
+void clamp_backward(const float* x, const float* grad, int64_t n, float lo, float hi,
+                    float* grad_x, int threads, Impl impl);
+
+// The feature loss's sums for `images` runs of `per_image` dense float32 values of a student
+// output s and a teacher output t in the same memory order: err[i] = sum((s - t)^2) and
+// tsq[i] = sum(t^2) over image i, in double, summed in fixed blocks (independent of threads).
+void feature_mse_forward(const float* s, const float* t, int64_t images, int64_t per_image,
+                         double* err, double* tsq, int threads, Impl impl);
+
+// Its gradient with respect to s: grad_s = coef[i] * (s - t) over image i.
+void feature_mse_backward(const float* s, const float* t, int64_t images, int64_t per_image,
+                          const float* coef, float* grad_s, int threads, Impl impl);
+
 // Reads `nbytes` of `buf` with `threads` threads and returns a checksum: a probe of the read
 // bandwidth the benchmarks compare against.
 uint64_t read_probe(const uint8_t* buf, size_t nbytes, int threads);

@@ -1,6 +1,7 @@
 // Internal pieces shared by the drivers and the two implementations (scalar, AVX2).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 
@@ -155,6 +156,23 @@ void epilogue(const float* yacc, float rs, const float* bias, float out[kNr]);
 
 // Runs fn(task) for task in [0, n_tasks) on `threads` threads (the caller is one of them).
 void parallel_for(int64_t n_tasks, int threads, const std::function<void(int64_t)>& fn);
+
+// Elements per task of the elementwise training kernels (lsq.cpp, clamp.cpp); partial sums are
+// kept per block, so that a sum does not depend on the thread count.
+constexpr int64_t kElementBlock = int64_t{1} << 15;
+
+// Runs body(begin, end, block) over blocks of kElementBlock elements, `threads` contiguous runs
+// of blocks, the caller taking part.
+template <typename Body>
+void over_blocks(int64_t n, int threads, const Body& body) {
+  const int64_t blocks = (n + kElementBlock - 1) / kElementBlock;
+  const int64_t tasks = std::min<int64_t>(blocks, resolve_threads(threads));
+  parallel_for(tasks, static_cast<int>(tasks), [&](int64_t t) {
+    for (int64_t b = blocks * t / tasks; b < blocks * (t + 1) / tasks; ++b) {
+      body(b * kElementBlock, std::min(n, (b + 1) * kElementBlock), b);
+    }
+  });
+}
 
 // Weights and epilogue constants of one matrix product; the activations come per block.
 struct WeightSpec {

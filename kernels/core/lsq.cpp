@@ -13,8 +13,6 @@
 namespace zerop {
 namespace {
 
-constexpr int64_t kBlock = int64_t{1} << 15;  // elements per task; partial sums per block
-
 // v = x / s (+ z); q = clamp(round_half_even(v), qmin, qmax); NaN stays NaN like torch.clamp.
 struct Grid {
   float s, z, qmin, qmax;
@@ -106,26 +104,13 @@ __attribute__((target("avx2"))) double backward_avx2(const Grid& g, const float*
 
 bool use_avx2(Impl impl) { return impl != Impl::kScalar && cpu_has_avx2(); }
 
-// Runs body(begin, end, block) over blocks of kBlock elements, `threads` contiguous runs of
-// blocks, the caller taking part.
-template <typename Body>
-void over_blocks(int64_t n, int threads, const Body& body) {
-  const int64_t blocks = (n + kBlock - 1) / kBlock;
-  const int64_t tasks = std::min<int64_t>(blocks, resolve_threads(threads));
-  detail::parallel_for(tasks, static_cast<int>(tasks), [&](int64_t t) {
-    for (int64_t b = blocks * t / tasks; b < blocks * (t + 1) / tasks; ++b) {
-      body(b * kBlock, std::min(n, (b + 1) * kBlock), b);
-    }
-  });
-}
-
 }  // namespace
 
 void lsq_forward(const float* x, int64_t n, float s, float z, bool has_z, float qmin, float qmax,
                  float* y, int threads, Impl impl) {
   const Grid g{s, z, qmin, qmax, has_z};
   const bool simd = use_avx2(impl);
-  over_blocks(n, threads, [&](int64_t b, int64_t e, int64_t) {
+  detail::over_blocks(n, threads, [&](int64_t b, int64_t e, int64_t) {
     simd ? forward_avx2(g, x + b, y + b, e - b) : forward_scalar(g, x + b, y + b, e - b);
   });
 }
@@ -134,8 +119,8 @@ double lsq_backward(const float* x, const float* grad, int64_t n, float s, float
                     float qmin, float qmax, float* grad_x, int threads, Impl impl) {
   const Grid g{s, z, qmin, qmax, has_z};
   const bool simd = use_avx2(impl);
-  std::vector<double> partial((n + kBlock - 1) / kBlock, 0.0);
-  over_blocks(n, threads, [&](int64_t b, int64_t e, int64_t blk) {
+  std::vector<double> partial((n + detail::kElementBlock - 1) / detail::kElementBlock, 0.0);
+  detail::over_blocks(n, threads, [&](int64_t b, int64_t e, int64_t blk) {
     partial[blk] = simd ? backward_avx2(g, x + b, grad + b, grad_x + b, e - b)
                         : backward_scalar(g, x + b, grad + b, grad_x + b, e - b);
   });
