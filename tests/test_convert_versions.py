@@ -41,8 +41,12 @@ def test_constant_cast_shape_constantofshape_identity_equal_at_opset_20():
     nodes = [
         helper.make_node("Constant", [], ["c"], value=one),
         helper.make_node("Shape", ["x"], ["s"]),
-        helper.make_node("ConstantOfShape", ["s"], ["ones"], value=helper.make_tensor(
-            "v", TensorProto.FLOAT, [1], [2.0])),  # fmt: skip
+        helper.make_node(
+            "ConstantOfShape",
+            ["s"],
+            ["ones"],
+            value=helper.make_tensor("v", TensorProto.FLOAT, [1], [2.0]),
+        ),  # fmt: skip
         helper.make_node("Identity", ["ones"], ["twos"]),
         helper.make_node("Cast", ["x"], ["xc"], to=TensorProto.FLOAT),
         helper.make_node("Equal", ["xc", "c"], ["eq"]),
@@ -156,3 +160,34 @@ def test_dynamic_clip_number_bounds_match_tensor_bounds():
     # integer input and bounds that are not 0-d keep clamping by tensors
     assert clip(torch.tensor([-3, 0, 9]), low, high).tolist() == [0, 0, 6]
     assert clip(x.detach(), low.reshape(1), high).grad_fn is None
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
+def test_number_clamp_native_gradient_equals_the_torch_one(channels_last, monkeypatch):
+    """The one-pass kernel (kernels/core/clamp.cpp): bounds, ties, NaN, a tail, other layouts."""
+    import torch
+
+    from zerop_deploy.load.convert import convert_clip
+    from zerop_deploy.native_tensors import library
+
+    if library("clamp_backward") is None:
+        pytest.skip("the native kernels are not built")
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 5, 67, 71, generator=gen) * 4 + 3  # 71,355 values: 3 blocks and a tail
+    x = x.round()  # many values exactly on 0 and 6
+    x.view(-1)[::997] = float("nan")
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    g = torch.randn(3, 5, 67, 71, generator=gen)  # contiguous: another layout than x's
+    grads = {}
+    for native in (True, False):
+        monkeypatch.setattr(convert_clip, "NATIVE", native)
+        xi = x.detach().clone().requires_grad_(True)
+        convert_clip._NumberClamp.apply(xi, 0.0, 6.0).backward(g)
+        grads[native] = xi.grad
+    nan = x.isnan()
+    # torch's own path is not consistent on NaN (its vectorised hardtanh_backward gives 0, its
+    # scalar tail and clamping by tensors give the gradient); the kernel follows clamping by tensors
+    assert torch.equal(grads[True][~nan], grads[False][~nan])
+    assert torch.equal(grads[True][nan], g[nan])
+    assert (x == 0).any() and (x == 6).any()

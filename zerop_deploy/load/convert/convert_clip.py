@@ -10,7 +10,8 @@ bounds 0-d on the CPU, :class:`_NumberClamp` clamps by numbers and computes the 
 three passes where clamping by tensors takes about eight (it is ``max(min(x, hi), lo)`` with
 their tie masks), 2x faster forward + backward at 224 px; values and gradients are the same,
 1/2 of the gradient for an input exactly on a bound included (dead channels of a quantized
-student output exact zeros).
+student output exact zeros). On dense float32 CPU tensors the backward is one pass of the native
+kernel (``kernels/core/clamp.cpp``) with the same values.
 """
 
 from __future__ import annotations
@@ -22,6 +23,11 @@ from onnx2torch.utils.common import OnnxMapping, OnnxToTorchModule, OperationCon
 from torch import nn
 
 from zerop_deploy.load.convert._reuse import onnx2torch_converter, replace_converter
+from zerop_deploy.native_tensors import as_array, dense_cpu_float, library, like
+
+NATIVE = True
+"""Compute the gradient of a clamp by numbers with the native kernel when it is built (tests turn
+it off to compare)."""
 
 
 class DynamicClip(nn.Module, OnnxToTorchModule):
@@ -61,6 +67,15 @@ class _NumberClamp(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
         (x,) = ctx.saved_tensors
+        lib = library("clamp_backward") if NATIVE and dense_cpu_float(x) else None
+        if lib is not None:  # one pass (kernels/core/clamp.cpp) instead of about five
+            grad = like(x, grad)
+            out = torch.empty_like(x)
+            lib.clamp_backward(
+                as_array(x), as_array(grad), ctx.lo, ctx.hi, as_array(out),
+                torch.get_num_threads(), "auto",
+            )  # fmt: skip
+            return out, None, None
         inside = torch.ops.aten.hardtanh_backward(grad, x, ctx.lo, ctx.hi)  # lo < x < hi
         ties = (x == ctx.lo).logical_or_(x == ctx.hi)
         return torch.where(ties, grad * 0.5, inside), None, None
