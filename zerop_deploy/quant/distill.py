@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zerop_deploy.native_tensors import as_array, dense_cpu_float, library, like
 from zerop_deploy.quant.graph import module_node_names
 
 
@@ -14,6 +16,68 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, t: float
     log_p = F.log_softmax(student_logits / t, dim=1)
     q = F.softmax(teacher_logits / t, dim=1)
     return F.kl_div(log_p, q, reduction="batchmean") * (t * t)
+
+
+NATIVE = True
+"""Compute the feature loss with the native kernels when they are built (tests turn it off)."""
+
+
+def image_mse(s: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image, ``mean((s - t)^2)`` (with its gradient to ``s``) and ``mean(t^2)`` (none).
+
+    Dense float32 CPU outputs take the native kernels (``kernels/core/feature_mse.cpp``): one
+    pass forward and one backward, sums in double; other tensors are reduced by torch, in place
+    over all but the batch axis (flatten(1) would copy every channels_last output and its
+    gradient).
+    """
+    if (
+        NATIVE
+        and not t.requires_grad
+        and s.shape == t.shape
+        and s.dim() > 1
+        and dense_cpu_float(s)
+        and t.dtype == s.dtype
+        and t.device == s.device
+        and library("feature_mse_forward") is not None
+    ):
+        return _ImageMse.apply(s, like(s, t))
+    dims = tuple(range(1, t.dim()))
+    return F.mse_loss(s, t, reduction="none").mean(dims), t.pow(2).mean(dims)
+
+
+class _ImageMse(torch.autograd.Function):
+    """:func:`image_mse` on the native kernels; ``t`` is in ``s``'s memory order."""
+
+    @staticmethod
+    def forward(ctx, s, t):  # type: ignore[override]
+        images, per = s.shape[0], s.numel() // s.shape[0]
+        err, power = np.empty(images), np.empty(images)
+        library("feature_mse_forward").feature_mse_forward(  # type: ignore[union-attr]
+            as_array(s), as_array(t), images, err, power, torch.get_num_threads(), "auto"
+        )
+        ctx.save_for_backward(s, t)
+        power_t = torch.from_numpy(power / per).float()
+        ctx.mark_non_differentiable(power_t)
+        return torch.from_numpy(err / per).float(), power_t
+
+    @staticmethod
+    def backward(ctx, grad_err, _grad_power):  # type: ignore[override]
+        s, t = ctx.saved_tensors
+        if grad_err is None:
+            return None, None
+        images, per = s.shape[0], s.numel() // s.shape[0]
+        coef = (grad_err.double() * (2.0 / per)).float().contiguous().numpy()
+        grad_s = torch.empty_like(s)
+        library("feature_mse_backward").feature_mse_backward(  # type: ignore[union-attr]
+            as_array(s),
+            as_array(t),
+            images,
+            coef,
+            as_array(grad_s),
+            torch.get_num_threads(),
+            "auto",
+        )
+        return grad_s, None
 
 
 class FeatureTaps:
@@ -51,11 +115,8 @@ class FeatureTaps:
         terms = []
         for t_name, s_name in self.pairs:
             t, s = self.outputs(t_name, s_name)
-            # reduced in place over all but the batch axis: flatten(1) would copy every
-            # channels_last output (and its gradient); mse_loss is one pass where - and pow are two
-            dims = tuple(range(1, t.dim()))
-            err = F.mse_loss(s, t, reduction="none").mean(dims)
-            terms.append((err / (t.pow(2).mean(dims) + 1e-8)).mean())
+            err, power = image_mse(s, t)
+            terms.append((err / (power + 1e-8)).mean())
         return torch.stack(terms).mean()
 
     def outputs(self, t_name: str, s_name: str) -> tuple[torch.Tensor, torch.Tensor]:
