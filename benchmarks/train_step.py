@@ -1,9 +1,10 @@
-"""Fine-tuning throughput at 224 px: the loop's steps with the native LSQ quantizer and without.
+"""Fine-tuning throughput at 224 px: the loop with the native elementwise kernels and without.
 
 Builds the W4A4 student of a model (first/last layers 8 bit), calibrates it on random 224-px
 inputs, and runs the fine-tuning loop (``zerop_deploy.quant.loop.train``, feature loss on) on
-random batches, the activation quantizers on the native kernel (``kernels/core/lsq.cpp``) and on
-the torch formulation, alternated in rounds in one process. Reports the median images/s of each
+random batches, once with the native kernels (LSQ fake-quantization ``kernels/core/lsq.cpp``, the
+gradient of ReLU6-as-Clip ``clamp.cpp``, the feature loss ``feature_mse.cpp``) and once with their
+torch formulations, alternated in rounds in one process. Reports the median images/s of each
 and their ratio; random inputs, because the speed does not depend on the images.
 
     python benchmarks/train_step.py [--model MODEL]  (default: the folded EfficientNet-Lite0)
@@ -21,8 +22,9 @@ import torch
 from _common import SHARED, cpu_description, write_section
 
 from zerop_deploy.config import QuantConfig, TrainConfig
+from zerop_deploy.load.convert import convert_clip
 from zerop_deploy.load.to_torch import image_input_chw, load_model
-from zerop_deploy.quant import native_lsq
+from zerop_deploy.quant import distill, native_lsq
 from zerop_deploy.quant.calibrate import calibrate_activations, init_weight_scales
 from zerop_deploy.quant.distill import feature_pairs
 from zerop_deploy.quant.loop import train
@@ -56,7 +58,7 @@ def main() -> None:
     rates: dict[str, list[float]] = {"native": [], "torch": []}
     for rnd in range(-1, args.rounds):  # round -1 warms the allocator and oneDNN up, untimed
         for name in rates:
-            native_lsq.ENABLED = name == "native"
+            native_lsq.ENABLED = convert_clip.NATIVE = distill.NATIVE = name == "native"
             s = copy.deepcopy(student)
             r = train(teacher, s, lambda i: batches[i], cfg, device=torch.device("cpu"),
                       progress=False, feature_pairs=pairs)  # fmt: skip
@@ -71,8 +73,8 @@ def main() -> None:
         f"{cpu_description()} "
         f"(`python benchmarks/train_step.py --batch-size {args.batch_size} --steps {args.steps} "
         f"--rounds {args.rounds} --write`):\n\n"
-        "| activation quantizers | images/s (median) | runs |\n|---|---|---|\n"
-        f"| native kernel (`kernels/core/lsq.cpp`) | {native:.2f} | "
+        "| elementwise steps | images/s (median) | runs |\n|---|---|---|\n"
+        f"| native kernels (LSQ, ReLU6 gradient, feature loss) | {native:.2f} | "
         f"{', '.join(f'{v:.2f}' for v in rates['native'])} |\n"
         f"| torch ops | {plain:.2f} | {', '.join(f'{v:.2f}' for v in rates['torch'])} |\n\n"
         f"Native / torch: **{native / plain:.2f}x**."
