@@ -49,15 +49,8 @@ def cpu_description() -> str:
             (ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), []
         )
     )
-    simd = (
-        "AVX-512 with VNNI"
-        if "avx512_vnni" in flags
-        else "AVX-512"
-        if "avx512f" in flags
-        else "AVX2"
-        if "avx2" in flags
-        else "no AVX2"
-    )
+    widest = (("avx512_vnni", "AVX-512 with VNNI"), ("avx512f", "AVX-512"), ("avx2", "AVX2"))
+    simd = next((label for flag, label in widest if flag in flags), "no AVX2")
     return f"{name}, {simd}, {os.cpu_count()} cores"
 
 

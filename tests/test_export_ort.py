@@ -76,6 +76,14 @@ def _default_session(model: onnx.ModelProto) -> ort.InferenceSession:
     return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
+def _reference(model: onnx.ModelProto, feeds: dict) -> np.ndarray:
+    """The ONNX semantics (no fusion, float DequantizeLinear -> op)."""
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return sess.run(None, feeds)[0]
+
+
 @pytest.mark.parametrize("wbits, abits", [(4, 4), (8, 4)], ids=["W4A4", "W8A4"])
 def test_4bit_activations_after_clip_and_relu_load_and_match(wbits, abits):
     """ClipQuantFusion refuses a UINT4/INT4 zero-point input; ReluQuantFusion misreads INT4 ones."""
@@ -127,12 +135,7 @@ def test_int4_zero_point_input_after_relu_is_what_onnxruntime_misreads():
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
     model.ir_version = 10
     x = {"x": np.random.default_rng(1).standard_normal((2, 4, 3, 3)).astype(np.float32) * 3}
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    plain = ort.InferenceSession(
-        model.SerializeToString(), opts, providers=["CPUExecutionProvider"]
-    )
-    ref = plain.run(None, x)[0]
+    ref = _reference(model, x)
     got = _default_session(model).run(None, x)[0]
     assert np.abs(got - ref).max() > 0.1, "onnxruntime now keeps the Relu: drop the workaround?"
 
@@ -170,14 +173,6 @@ def _u8s8_model(levels: np.ndarray, op: str) -> onnx.ModelProto:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model
-
-
-def _reference(model: onnx.ModelProto, feeds: dict) -> np.ndarray:
-    """The ONNX semantics (no fusion, float DequantizeLinear -> op)."""
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    return sess.run(None, feeds)[0]
 
 
 def _saturating_case(op: str):

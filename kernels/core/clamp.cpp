@@ -42,7 +42,7 @@ __attribute__((target("avx2"))) void clamp_backward_avx2(const float* x, const f
 
 void clamp_backward(const float* x, const float* grad, int64_t n, float lo, float hi,
                     float* grad_x, int threads, Impl impl) {
-  const bool simd = impl != Impl::kScalar && cpu_has_avx2();
+  const bool simd = detail::use_avx2(impl);
   detail::over_blocks(n, threads, [&](int64_t b, int64_t e, int64_t) {
     simd ? clamp_backward_avx2(x + b, grad + b, lo, hi, grad_x + b, e - b)
          : clamp_backward_scalar(x + b, grad + b, lo, hi, grad_x + b, e - b);

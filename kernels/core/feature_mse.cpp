@@ -91,7 +91,7 @@ void over_image_blocks(int64_t images, int64_t per_image, int threads, const Bod
 void feature_mse_forward(const float* s, const float* t, int64_t images, int64_t per_image,
                          double* err, double* tsq, int threads, Impl impl) {
   if (images <= 0 || per_image <= 0) return;
-  const bool simd = impl != Impl::kScalar && cpu_has_avx2();
+  const bool simd = detail::use_avx2(impl);
   const int64_t per = (per_image + detail::kElementBlock - 1) / detail::kElementBlock;
   std::vector<Sums> partial(static_cast<size_t>(images * per));
   over_image_blocks(images, per_image, threads, [&](int64_t, int64_t b, int64_t e, int64_t j) {
@@ -111,7 +111,7 @@ void feature_mse_forward(const float* s, const float* t, int64_t images, int64_t
 void feature_mse_backward(const float* s, const float* t, int64_t images, int64_t per_image,
                           const float* coef, float* grad_s, int threads, Impl impl) {
   if (images <= 0 || per_image <= 0) return;
-  const bool simd = impl != Impl::kScalar && cpu_has_avx2();
+  const bool simd = detail::use_avx2(impl);
   over_image_blocks(images, per_image, threads, [&](int64_t img, int64_t b, int64_t e, int64_t) {
     simd ? grad_avx2(s + b, t + b, coef[img], grad_s + b, e - b)
          : grad_scalar(s + b, t + b, coef[img], grad_s + b, e - b);

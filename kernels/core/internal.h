@@ -157,8 +157,11 @@ void epilogue(const float* yacc, float rs, const float* bias, float out[kNr]);
 // Runs fn(task) for task in [0, n_tasks) on `threads` threads (the caller is one of them).
 void parallel_for(int64_t n_tasks, int threads, const std::function<void(int64_t)>& fn);
 
-// Elements per task of the elementwise training kernels (lsq.cpp, clamp.cpp); partial sums are
-// kept per block, so that a sum does not depend on the thread count.
+// Whether an elementwise kernel asked for `impl` runs its AVX2 path here.
+inline bool use_avx2(Impl impl) { return impl != Impl::kScalar && cpu_has_avx2(); }
+
+// Elements per task of the elementwise training kernels (lsq.cpp, clamp.cpp, feature_mse.cpp);
+// partial sums are kept per block, so that a sum does not depend on the thread count.
 constexpr int64_t kElementBlock = int64_t{1} << 15;
 
 // Runs body(begin, end, block) over blocks of kElementBlock elements, `threads` contiguous runs

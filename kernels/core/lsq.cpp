@@ -102,14 +102,12 @@ __attribute__((target("avx2"))) double backward_avx2(const Grid& g, const float*
   return lanes[0] + lanes[1] + lanes[2] + lanes[3] + backward_scalar(g, x + i, gr + i, gx + i, n - i);
 }
 
-bool use_avx2(Impl impl) { return impl != Impl::kScalar && cpu_has_avx2(); }
-
 }  // namespace
 
 void lsq_forward(const float* x, int64_t n, float s, float z, bool has_z, float qmin, float qmax,
                  float* y, int threads, Impl impl) {
   const Grid g{s, z, qmin, qmax, has_z};
-  const bool simd = use_avx2(impl);
+  const bool simd = detail::use_avx2(impl);
   detail::over_blocks(n, threads, [&](int64_t b, int64_t e, int64_t) {
     simd ? forward_avx2(g, x + b, y + b, e - b) : forward_scalar(g, x + b, y + b, e - b);
   });
@@ -118,7 +116,7 @@ void lsq_forward(const float* x, int64_t n, float s, float z, bool has_z, float 
 double lsq_backward(const float* x, const float* grad, int64_t n, float s, float z, bool has_z,
                     float qmin, float qmax, float* grad_x, int threads, Impl impl) {
   const Grid g{s, z, qmin, qmax, has_z};
-  const bool simd = use_avx2(impl);
+  const bool simd = detail::use_avx2(impl);
   std::vector<double> partial((n + detail::kElementBlock - 1) / detail::kElementBlock, 0.0);
   detail::over_blocks(n, threads, [&](int64_t b, int64_t e, int64_t blk) {
     partial[blk] = simd ? backward_avx2(g, x + b, grad + b, grad_x + b, e - b)

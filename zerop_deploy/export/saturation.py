@@ -26,6 +26,9 @@ from zerop_deploy.onnx_facts import consumers
 U8S8_EXACT_LEVEL = 64
 """The largest |int8 weight level| that onnxruntime's u8s8 kernels sum exactly on any x86 CPU."""
 
+UINT8_ZERO_POINT = 128
+"""The zero point of an int8 weight stored as uint8: ``uint8 level = int8 level + 128``."""
+
 
 def saturates_u8s8(levels: np.ndarray) -> bool:
     """Whether int8 weight ``levels`` can overflow the int16 pair sums of a CPU without VNNI."""
@@ -46,6 +49,7 @@ def store_weights_unsaturated(model: onnx.ModelProto) -> list[str]:
     inits = {t.name: t for t in graph.initializer}
     readers = consumers(graph)
     names = g.all_names(graph)
+    outputs = {o.name for o in graph.output}
     done: list[str] = []
     for node in graph.node:
         if node.op_type != "DequantizeLinear" or node.input[0] not in inits:
@@ -58,22 +62,20 @@ def store_weights_unsaturated(model: onnx.ModelProto) -> list[str]:
         levels = numpy_helper.to_array(q)
         if not saturates_u8s8(levels):
             continue
-        zeros = np.full(() if zp is None else zp.shape, 128, np.uint8)
-        shifted = (levels.astype(np.int16) + 128).astype(np.uint8)
+        zeros = np.full(() if zp is None else zp.shape, UINT8_ZERO_POINT, np.uint8)
+        shifted = (levels.astype(np.int16) + UINT8_ZERO_POINT).astype(np.uint8)
         while len(node.input) < 3:
             node.input.append("")
-        node.input[0] = _put(graph, inits, readers, node, q.name, shifted, names)
-        node.input[2] = _put(
-            graph, inits, readers, node, zp_name or f"{q.name}_zero_point", zeros, names
-        )
+        node.input[0] = _put(graph, inits, readers, outputs, node, q.name, shifted, names)
+        zp_new = zp_name or f"{q.name}_zero_point"
+        node.input[2] = _put(graph, inits, readers, outputs, node, zp_new, zeros, names)
         done.append(node.name)
     return done
 
 
-def _put(graph, inits, readers, node, name, value, names) -> str:  # type: ignore[no-untyped-def]
+def _put(graph, inits, readers, outputs, node, name, value, names) -> str:  # type: ignore[no-untyped-def]
     """Store ``value`` for ``node``: in place of ``name`` when only ``node`` reads it, else anew."""
     only_node = all(r is node for r in readers.get(name, []))
-    outputs = {o.name for o in graph.output}
     if name in inits and name in node.input and only_node and name not in outputs:
         inits[name].CopyFrom(numpy_helper.from_array(value, name))
         return name

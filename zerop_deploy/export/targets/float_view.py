@@ -19,6 +19,7 @@ from onnx import TensorProto, numpy_helper
 from zerop_deploy.errors import ExportError
 from zerop_deploy.export import graph as g
 from zerop_deploy.export.qdq import INT_TYPES
+from zerop_deploy.export.saturation import UINT8_ZERO_POINT
 from zerop_deploy.onnx_facts import constant_tensors, consumers
 
 _KIND = {dtype: kind for kind, dtype in INT_TYPES.items()}
@@ -162,8 +163,8 @@ def _dequantize(
     scale = numpy_helper.to_array(consts[node.input[1]]).astype(np.float32)
     if len(node.input) > 2 and node.input[2]:
         zp = numpy_helper.to_array(consts[node.input[2]])
-        if q.data_type == TensorProto.UINT8 and np.all(zp == 128):
-            levels -= 128  # an int8 weight stored unsaturated (export.saturation)
+        if q.data_type == TensorProto.UINT8 and np.all(zp == UINT8_ZERO_POINT):
+            levels -= UINT8_ZERO_POINT  # an int8 weight stored unsaturated (export.saturation)
             dtype = TensorProto.INT8
         elif np.any(zp != 0):
             raise ExportError(
